@@ -1,0 +1,48 @@
+"""The one small exception hierarchy of comfy-core.
+
+Every failure a caller can act on is one of these; nothing else should escape the engine's public methods.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+
+class ComfyCoreError(Exception):
+    """Base class of every error comfy-core raises on purpose."""
+
+
+class PromptError(ComfyCoreError):
+    """A prompt failed validation. `body` is ComfyUI's 400 JSON: {"error": {...}, "node_errors": {...}}."""
+
+    def __init__(self, body: dict[str, Any]):
+        self.body = body
+        error = body.get("error", {})
+        super().__init__(f"{error.get('type')}: {error.get('message')}")
+
+    @property
+    def error(self) -> dict[str, Any]:
+        return self.body.get("error", {})
+
+    @property
+    def node_errors(self) -> dict[str, Any]:
+        return self.body.get("node_errors", {})
+
+
+class NodeExecutionError(ComfyCoreError):
+    """A node raised while a prompt ran. `details` carries the fields of ComfyUI's `execution_error` message."""
+
+    def __init__(self, message: str, details: dict[str, Any] | None = None):
+        self.details = details or {}
+        super().__init__(message)
+
+
+class ModelLoadError(ComfyCoreError):
+    """A model file is missing, damaged or of an unknown layout. The message names the file and what was wrong."""
+
+
+class InputFileError(ComfyCoreError):
+    """A file name or path from a client is unsafe, unknown or unreadable."""
+
+
+class Interrupted(ComfyCoreError):
+    """The running prompt was interrupted (by `Engine.interrupt()` or the /interrupt route)."""

@@ -1,0 +1,148 @@
+"""Node registry: ComfyUI-style node classes by name, and their `/object_info` description.
+
+A node class is what ComfyUI calls a V1 node: `INPUT_TYPES()` classmethod, `RETURN_TYPES`, `FUNCTION`, `CATEGORY`,
+and optionally `RETURN_NAMES`, `OUTPUT_NODE`, `INPUT_IS_LIST`, `OUTPUT_IS_LIST`, `IS_CHANGED`, `VALIDATE_INPUTS`,
+`check_lazy_status`, `NOT_IDEMPOTENT`, `DESCRIPTION`, `OUTPUT_TOOLTIPS`, `DEPRECATED`, `EXPERIMENTAL`, `API_NODE`.
+Custom node packages written for ComfyUI register here unchanged.
+"""
+from __future__ import annotations
+
+import importlib.util
+import logging
+import sys
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+def _jsonable(value: Any) -> Any:
+    """Tuples become lists, as aiohttp's JSON encoding of INPUT_TYPES does."""
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    return value
+
+
+def node_info(name: str, cls: type, display_name: str | None = None) -> dict[str, Any]:
+    """The `/object_info` entry of one V1 node class, with ComfyUI's field order."""
+    inputs = cls.INPUT_TYPES()
+    outputs = list(getattr(cls, "RETURN_TYPES", ()))
+    info: dict[str, Any] = {
+        "input": _jsonable(inputs),
+        "input_order": {section: list(spec.keys()) for section, spec in inputs.items()},
+        "output": outputs,
+        "output_is_list": list(getattr(cls, "OUTPUT_IS_LIST", [False] * len(outputs))),
+        "output_name": list(getattr(cls, "RETURN_NAMES", outputs)),
+        "name": name,
+        "display_name": display_name or name,
+        "description": getattr(cls, "DESCRIPTION", ""),
+        "python_module": getattr(cls, "RELATIVE_PYTHON_MODULE", "nodes"),
+        "category": getattr(cls, "CATEGORY", "sd"),
+        "output_node": bool(getattr(cls, "OUTPUT_NODE", False)),
+    }
+    if hasattr(cls, "OUTPUT_TOOLTIPS"):
+        info["output_tooltips"] = list(cls.OUTPUT_TOOLTIPS)
+    if getattr(cls, "DEPRECATED", False):
+        info["deprecated"] = True
+    if getattr(cls, "EXPERIMENTAL", False):
+        info["experimental"] = True
+    if hasattr(cls, "API_NODE"):
+        info["api_node"] = cls.API_NODE
+    return info
+
+
+class NodeRegistry:
+    """Node classes by name plus display names; one per engine (no global registry)."""
+
+    def __init__(self) -> None:
+        self.classes: dict[str, type] = {}
+        self.display_names: dict[str, str] = {}
+        self.builtin: set[str] = set()
+        self.web_dirs: dict[str, Path] = {}
+
+    def register(
+        self,
+        class_mappings: Mapping[str, type],
+        display_names: Mapping[str, str] | None = None,
+        *,
+        builtin: bool = False,
+    ) -> list[str]:
+        """Add node classes; a custom node cannot replace a built-in one (ComfyUI ignores such names too)."""
+        added = []
+        for name, cls in class_mappings.items():
+            if name in self.builtin and not builtin:
+                log.warning("custom node %r ignored: it would replace a built-in node", name)
+                continue
+            self.classes[name] = cls
+            added.append(name)
+            if builtin:
+                self.builtin.add(name)
+        for name, display in (display_names or {}).items():
+            if name in added:
+                self.display_names[name] = display
+        return added
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.classes
+
+    def get(self, name: str) -> type | None:
+        return self.classes.get(name)
+
+    def info(self, name: str) -> dict[str, Any]:
+        return node_info(name, self.classes[name], self.display_names.get(name))
+
+    def all_info(self) -> dict[str, dict[str, Any]]:
+        """Every node's info; a node whose INPUT_TYPES raises is left out and logged, as ComfyUI does."""
+        result = {}
+        for name in self.classes:
+            try:
+                result[name] = self.info(name)
+            except Exception:  # a broken custom node must not break /object_info
+                log.exception("object_info failed for node %r", name)
+        return result
+
+    def load_custom_nodes(self, folders: Iterable[str | Path]) -> list[str]:
+        """Import every custom node module/package in `folders`; a failing one is logged and skipped."""
+        loaded = []
+        for folder in folders:
+            folder = Path(folder)
+            if not folder.is_dir():
+                continue
+            for entry in sorted(folder.iterdir()):
+                if self._load_one(entry):
+                    loaded.append(entry.name)
+        return loaded
+
+    def _load_one(self, entry: Path) -> bool:
+        if entry.name.endswith(".disabled") or entry.name == "__pycache__" or entry.name.startswith("."):
+            return False
+        if entry.is_dir():
+            init = entry / "__init__.py"
+            if not init.is_file():
+                return False
+            module_name, location, search = entry.name, init, [str(entry)]
+        elif entry.suffix == ".py":
+            module_name, location, search = entry.stem, entry, None
+        else:
+            return False
+        unique = f"comfy_core_custom_nodes.{id(self):x}.{module_name}"
+        try:
+            spec = importlib.util.spec_from_file_location(unique, location, submodule_search_locations=search)
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[unique] = module
+            spec.loader.exec_module(module)
+            mappings = getattr(module, "NODE_CLASS_MAPPINGS")
+        except Exception:
+            sys.modules.pop(unique, None)
+            log.exception("custom node package %s failed to load; skipped", entry)
+            return False
+        for cls in mappings.values():
+            cls.RELATIVE_PYTHON_MODULE = f"custom_nodes.{module_name}"
+        self.register(mappings, getattr(module, "NODE_DISPLAY_NAME_MAPPINGS", None))
+        web = getattr(module, "WEB_DIRECTORY", None)
+        if web:
+            self.web_dirs[module_name] = (entry if entry.is_dir() else entry.parent) / web
+        return True
