@@ -41,7 +41,15 @@ class ModelLoadError(ComfyCoreError):
 
 
 class InputFileError(ComfyCoreError):
-    """A file name or path from a client is unsafe, unknown or unreadable."""
+    """A file name or path from a client is unsafe, unknown or unreadable.
+
+    `status` is the HTTP status the ASGI layer should answer with: 400 for a bad name (the default), 403 for a path
+    that escapes its folder, 404 for a file that does not exist.
+    """
+
+    def __init__(self, message: str, *, status: int = 400):
+        self.status = status
+        super().__init__(message)
 
 
 class Interrupted(ComfyCoreError):
