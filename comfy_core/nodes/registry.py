@@ -51,7 +51,25 @@ def node_info(name: str, cls: type, display_name: str | None = None) -> dict[str
         info["experimental"] = True
     if hasattr(cls, "API_NODE"):
         info["api_node"] = cls.API_NODE
+    if getattr(cls, "INFO_V3", False):
+        return _as_v3_info(info, cls, display_name)
     return info
+
+
+def _as_v3_info(info: dict[str, Any], cls: type, display_name: str | None) -> dict[str, Any]:
+    """The entry as ComfyUI reports a V3 (schema) node: every flag present, tooltips per output (null if none),
+    and `display_name` null unless the schema names one. Set `INFO_V3 = True` on nodes ComfyUI ships as V3."""
+    outputs = info["output"]
+    v3 = {key: info[key] for key in ("input", "input_order", "output", "output_is_list", "output_name")}
+    v3["output_tooltips"] = list(getattr(cls, "OUTPUT_TOOLTIPS", [None] * len(outputs)))
+    v3["name"] = info["name"]
+    v3["display_name"] = display_name or getattr(cls, "DISPLAY_NAME", None)
+    for key in ("description", "python_module", "category", "output_node"):
+        v3[key] = info[key]
+    v3["deprecated"] = bool(getattr(cls, "DEPRECATED", False))
+    v3["experimental"] = bool(getattr(cls, "EXPERIMENTAL", False))
+    v3["api_node"] = bool(getattr(cls, "API_NODE", False))
+    return v3
 
 
 class NodeRegistry:
