@@ -1,0 +1,85 @@
+"""Input signatures: a digest of everything that determines a node's outputs.
+
+signature(node) = hash(class_type, IS_CHANGED value, node id if the node is not idempotent, each declared input in
+sorted order as its constant or as (upstream signature, slot)). Because upstream signatures are folded in, any change
+upstream changes every signature downstream, and identical sub-graphs share one cache entry, as in ComfyUI.
+"""
+from __future__ import annotations
+
+import hashlib
+import inspect
+import logging
+import math
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+import msgspec
+
+from .graph import is_link
+from .nodes.registry import NodeRegistry
+
+log = logging.getLogger(__name__)
+
+ALWAYS_RERUN = "nan"  # IS_CHANGED raised or returned NaN: never equal to anything, so the node always runs
+
+
+def _encode(value: Any) -> bytes:
+    return msgspec.json.encode(value, enc_hook=repr)
+
+
+def is_changed_value(cls: type, node_id: str, inputs: Mapping[str, Any]) -> Any:
+    """Call IS_CHANGED like ComfyUI: constants by name, links as None, hidden UNIQUE_ID = id, PROMPT = {}."""
+    fn = getattr(cls, "IS_CHANGED", None)
+    if fn is None:
+        return None
+    spec = cls.INPUT_TYPES()
+    declared = {**spec.get("required", {}), **spec.get("optional", {})}
+    kwargs = {k: (None if is_link(v) else v) for k, v in inputs.items() if k in declared}
+    for name, kind in spec.get("hidden", {}).items():
+        kwargs[name] = {"UNIQUE_ID": node_id, "PROMPT": {}}.get(kind)
+    try:
+        if not _accepts(fn, kwargs):
+            raise TypeError("IS_CHANGED does not accept every input")
+        value = fn(**kwargs)
+    except Exception:
+        log.debug("IS_CHANGED of %s raised; the node always re-runs", cls, exc_info=True)
+        return ALWAYS_RERUN
+    if isinstance(value, float) and math.isnan(value):
+        return ALWAYS_RERUN
+    return value
+
+
+def _accepts(fn, kwargs) -> bool:
+    params = inspect.signature(fn).parameters.values()
+    if any(p.kind == p.VAR_KEYWORD for p in params):
+        return True
+    return set(kwargs) <= {p.name for p in params}
+
+
+def compute_signatures(prompt: Mapping[str, Any], node_ids: list[str], registry: NodeRegistry) -> dict[str, str]:
+    """Signatures of `node_ids` and all their ancestors (the prompt must be validated: no cycles)."""
+    signatures: dict[str, str] = {}
+
+    def visit(node_id: str) -> str:
+        if node_id in signatures:
+            return signatures[node_id]
+        node = prompt[node_id]
+        cls = registry.get(node["class_type"])
+        changed = is_changed_value(cls, node_id, node["inputs"])
+        hidden = cls.INPUT_TYPES().get("hidden", {})
+        parts: list[Any] = [node["class_type"], changed]
+        if getattr(cls, "NOT_IDEMPOTENT", False) or "UNIQUE_ID" in hidden.values():
+            parts.append(node_id)
+        for name in sorted(node["inputs"]):
+            value = node["inputs"][name]
+            parts.append([name, ["LINK", visit(str(value[0])), value[1]] if is_link(value) else value])
+        digest = hashlib.blake2b(_encode(parts), digest_size=16).hexdigest()
+        if changed == ALWAYS_RERUN:
+            digest += ":" + uuid.uuid4().hex  # unique per evaluation: never matches a cached entry
+        signatures[node_id] = digest
+        return digest
+
+    for node_id in node_ids:
+        visit(node_id)
+    return signatures
