@@ -1,0 +1,166 @@
+"""`comfy-core run | serve | demo | info`: the engine from a terminal."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from .config import EngineConfig
+from .errors import ComfyCoreError, Interrupted, NodeExecutionError, PromptError
+
+
+def _add_dirs(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="EngineConfig JSON file (directory flags override it)")
+    for name in ("models", "input", "output", "temp"):
+        parser.add_argument(f"--{name}-dir", help=f"{name} folder (default: ./{name})")
+    parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: auto)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="comfy-core", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run an API-format workflow JSON and print the saved files")
+    run.add_argument("workflow", help="API-format prompt, or a {'prompt': {...}} POST /prompt body")
+    run.add_argument("--set", action="append", default=[], metavar="NODE.INPUT=VALUE",
+                     help="override an input, e.g. --set 3.seed=42 (VALUE is JSON, else a string)")
+    run.add_argument("--timeout", type=float, default=None)
+    serve = sub.add_parser("serve", help="serve ComfyUI's HTTP + WebSocket API (needs the [server] extra)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8188)
+    serve.add_argument("--listen", action="store_true", help="listen on all interfaces (0.0.0.0)")
+    demo = sub.add_parser("demo", help="txt2img on a built-in random-weight demo checkpoint (no downloads)")
+    demo.add_argument("--prompt", default="a photo of a cat")
+    demo.add_argument("--seed", type=int, default=42)
+    demo.add_argument("--steps", type=int, default=8)
+    sub.add_parser("info", help="device, versions and model folders")
+    for command in (run, serve, demo, sub.choices["info"]):
+        _add_dirs(command)
+    return parser
+
+
+def load_config(args: argparse.Namespace) -> EngineConfig:
+    config = EngineConfig.from_file(args.config) if args.config else EngineConfig()
+    overrides = {f"{n}_dir": getattr(args, f"{n}_dir") for n in ("models", "input", "output", "temp")}
+    overrides = {k: v for k, v in overrides.items() if v}
+    if getattr(args, "device", None):
+        overrides["device"] = args.device
+    return msgspec.structs.replace(config, **overrides)
+
+
+def read_workflow(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(prompt, submit kwargs) from a bare API prompt or a POST /prompt body."""
+    data = msgspec.json.decode(Path(path).read_bytes())
+    if isinstance(data, dict) and isinstance(data.get("prompt"), dict):
+        extra = {k: data[k] for k in ("client_id", "extra_data") if k in data}
+        return data["prompt"], extra
+    return data, {}
+
+
+def apply_overrides(prompt: dict[str, Any], assignments: list[str]) -> None:
+    for assignment in assignments:
+        target, sep, raw = assignment.partition("=")
+        node_id, dot, name = target.partition(".")
+        if not (sep and dot and node_id in prompt):
+            raise SystemExit(f"--set {assignment!r}: expected NODE.INPUT=VALUE with a node id of the workflow")
+        try:
+            value = msgspec.json.decode(raw)
+        except msgspec.DecodeError:
+            value = raw
+        prompt[node_id].setdefault("inputs", {})[name] = value
+
+
+def print_prompt_error(error: PromptError) -> None:
+    err = error.error
+    print(f"error: {err.get('type')}: {err.get('message')}", file=sys.stderr)
+    if err.get("details"):
+        print(f"  {err['details']}", file=sys.stderr)
+    for node_id, info in error.node_errors.items():
+        for item in info.get("errors", []):
+            print(f"  node {node_id} ({info.get('class_type')}): {item['type']}: {item['message']}"
+                  f" [{item.get('details', '')}]", file=sys.stderr)
+
+
+def run_prompt(engine, prompt: dict[str, Any], submit_args: dict[str, Any], timeout: float | None) -> int:
+    from .progress import TerminalProgress
+
+    with TerminalProgress(engine, prompt):
+        result = engine.run(prompt, timeout=timeout, **submit_args)
+    for node_id, paths in result.images.items():
+        for path in paths:
+            print(path)
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .engine import Engine
+
+    prompt, submit_args = read_workflow(args.workflow)
+    apply_overrides(prompt, args.set)
+    with Engine(load_config(args)) as engine:
+        return run_prompt(engine, prompt, submit_args, args.timeout)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import demo_prompt, ensure_demo_checkpoint
+    from .engine import Engine
+
+    with Engine(load_config(args)) as engine:
+        ckpt = ensure_demo_checkpoint(engine.folders)
+        print(f"demo checkpoint (random weights, for trying the machinery): {ckpt}", file=sys.stderr)
+        return run_prompt(engine, demo_prompt(ckpt.name, args.prompt, args.seed, args.steps), {}, None)
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from .engine import Engine
+
+    engine = Engine(load_config(args))
+    stats = engine.system_stats()
+    print(f"comfy-core {stats['system']['comfy_core_version']} (ComfyUI API {stats['system']['comfyui_version']})")
+    print(f"python {sys.version.split()[0]}, torch {stats['system']['pytorch_version']}")
+    device = stats["devices"][0]
+    print(f"device {device['name']} ({device['type']}), dtype {str(engine.dtype).removeprefix('torch.')}")
+    print(f"nodes {len(engine.registry.classes)}")
+    for kind in ("checkpoints", "vae", "loras", "text_encoders", "diffusion_models", "embeddings", "controlnet",
+                 "clip_vision"):
+        dirs = ", ".join(str(d) for d in engine.folders.dirs(kind))
+        print(f"{kind:>16}: {len(engine.folders.list(kind))} file(s) in {dirs}")
+    for name in ("input", "output", "temp"):
+        print(f"{name:>16}: {engine.storage.root(name)}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .asgi.serve import serve
+
+    serve(load_config(args), host=args.host, port=args.port, listen=args.listen)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    handlers = {"run": cmd_run, "demo": cmd_demo, "info": cmd_info, "serve": cmd_serve}
+    try:
+        return handlers[args.command](args)
+    except PromptError as error:
+        print_prompt_error(error)
+    except Interrupted as error:
+        print(f"interrupted: {error}", file=sys.stderr)
+    except NodeExecutionError as error:
+        print(f"error: {error}", file=sys.stderr)
+    except (ComfyCoreError, OSError, msgspec.DecodeError) as error:
+        print(f"error: {error}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("cancelled", file=sys.stderr)
+        return 130
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
