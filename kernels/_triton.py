@@ -1,0 +1,40 @@
+"""Whether Triton can be used, decided without importing it and without touching CUDA.
+
+Triton is an optional extra (`pip install comfy-core[cuda]`). Every dispatcher asks `triton_available()` before it
+imports one of the `triton_*` kernel modules, so the package imports and runs its torch paths without Triton.
+"""
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+
+import torch
+
+# dtypes the Triton kernels are written for (fp32 accumulation in every case)
+TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+@functools.cache
+def triton_available() -> bool:
+    """True when the `triton` package can be imported (answer cached: installing it mid-process is not supported)."""
+    try:
+        return importlib.util.find_spec("triton") is not None
+    except (ImportError, ValueError):  # ValueError: sys.modules["triton"] is None (import blocked on purpose)
+        return False
+
+
+def triton_interpreting() -> bool:
+    """True when TRITON_INTERPRET asks Triton to run kernels on the CPU with numpy (its own parsing of the flag).
+
+    Triton 3.7 reads the variable when a `@triton.jit` function is *decorated*, i.e. when a `triton_*` module is first
+    imported, so the flag must be set before that import (the tests run the interpreter in a subprocess for this).
+    """
+    return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "on", "yes")
+
+
+def can_launch_on(device: torch.device) -> bool:
+    """Triton kernels launch on CUDA tensors, or on CPU tensors when the interpreter is on."""
+    if not triton_available():
+        return False
+    return device.type == "cuda" or (device.type == "cpu" and triton_interpreting())

@@ -1,0 +1,229 @@
+"""Attention kernel: Triton flash attention (interpreter on CPU, compiled on CUDA) and the backend dispatcher."""
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from comfy_core.errors import ComfyCoreError
+from comfy_core.kernels import attention as A
+from comfy_core.kernels._triton import triton_available
+from fixtures_kernels import ATTENTION_CASES, DTYPES, attention_inputs, run_interpreter_worker
+
+needs_triton = pytest.mark.skipif(not triton_available(), reason="triton is not installed (optional extra [cuda])")
+# max |triton - fp32 reference| allowed, relative to max(1, |reference|): output rounding of each dtype, plus for
+# bf16 the interpreter's fp32->bf16 conversion, which truncates (1 ulp = 2^-7 relative) instead of rounding
+ATTN_TOL = {"fp32": 2e-5, "fp16": 2e-3, "bf16": 1.6e-2}
+
+
+# --- Triton kernel under the CPU interpreter (in a subprocess: TRITON_INTERPRET is read at decoration time) --------
+
+@pytest.fixture(scope="module")
+def interpreter_results() -> dict:
+    return run_interpreter_worker("attention")
+
+
+@needs_triton
+def test_interpreter_worker_really_interprets(interpreter_results):
+    assert interpreter_results["interpreted"] is True
+
+
+@needs_triton
+@pytest.mark.parametrize("case", list(ATTENTION_CASES))
+def test_triton_attention_matches_reference_interpreted(interpreter_results, case):
+    res = interpreter_results[case]
+    dtype = ATTENTION_CASES[case][5]
+    assert res["backend"] == "triton"  # forced "triton" on CPU runs the kernel when interpreting
+    assert res["shape_ok"]
+    assert res["err"] <= ATTN_TOL[dtype] * max(1.0, res["ref_max"]), res
+
+
+# --- dispatcher: pure decisions -------------------------------------------------------------------------------------
+
+def _select(device="cuda", dtype=torch.float16, head_dim=40, requested="auto", triton=True, interpreting=False,
+            **shape):
+    return A.select_backend(device_type=device, dtype=dtype, head_dim=head_dim, requested=requested,
+                            triton_available=triton, interpreting=interpreting, **shape)
+
+
+@pytest.mark.parametrize("kwargs, expected", [
+    ({"device": "cpu", "dtype": torch.float32}, "sdpa"),
+    ({"device": "cpu", "dtype": torch.float16}, "sdpa"),
+    ({"device": "cuda", "dtype": torch.float16, "head_dim": 40}, "triton"),
+    ({"device": "cuda", "dtype": torch.bfloat16, "head_dim": 160}, "triton"),
+    ({"device": "cuda", "dtype": torch.float16, "head_dim": 256}, "triton"),
+    ({"device": "cuda", "dtype": torch.float16, "triton": False}, "sdpa"),
+    ({"device": "cuda", "dtype": torch.float32}, "sdpa"),
+    ({"device": "cuda", "dtype": torch.float32, "requested": "triton"}, "triton"),
+    ({"device": "cuda", "dtype": torch.float16, "head_dim": 8}, "sdpa"),
+    ({"device": "cuda", "dtype": torch.float16, "head_dim": 512}, "sdpa"),
+    ({"device": "cuda", "dtype": torch.float16, "head_dim": 512, "requested": "triton"}, "sdpa"),
+    ({"device": "cuda", "dtype": torch.float16, "batch_heads": 70000}, "sdpa"),
+    ({"device": "cuda", "dtype": torch.float16, "seq_kv": 0}, "sdpa"),
+    ({"device": "cpu", "dtype": torch.float32, "requested": "triton"}, "sdpa"),
+    ({"device": "cpu", "dtype": torch.float32, "requested": "triton", "interpreting": True}, "triton"),
+    ({"device": "cpu", "dtype": torch.float32, "requested": "triton", "interpreting": True, "triton": False}, "sdpa"),
+    ({"device": "mps", "dtype": torch.float16, "requested": "triton"}, "sdpa"),
+    ({"device": "cuda", "dtype": torch.float16, "requested": "sdpa"}, "sdpa"),
+    ({"device": "cuda", "dtype": torch.float16, "requested": "sdpa:flash"}, "sdpa:flash"),
+    ({"device": "cpu", "dtype": torch.float32, "requested": "reference"}, "reference"),
+])
+def test_select_backend(kwargs, expected):
+    assert _select(**kwargs) == expected
+
+
+def test_select_backend_rejects_unknown_name():
+    with pytest.raises(ComfyCoreError, match="unknown attention backend"):
+        _select(requested="xformers")
+
+
+def test_requested_backend_precedence(monkeypatch):
+    monkeypatch.delenv(A.ENV_VAR, raising=False)
+    assert A.requested_backend(None) == "auto"
+    monkeypatch.setenv(A.ENV_VAR, "reference")
+    assert A.requested_backend(None) == "reference"
+    assert A.requested_backend("auto") == "reference"  # an "auto" config defers to the environment
+    assert A.requested_backend("SDPA") == "sdpa"  # the argument wins; names are case-insensitive
+    monkeypatch.setenv(A.ENV_VAR, "bogus")
+    with pytest.raises(ComfyCoreError):
+        A.requested_backend(None)
+
+
+def test_resolve_backend_on_cpu_is_sdpa_even_when_triton_forced(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    q, k, v = attention_inputs((1, 2, 9, 77, 40, "fp16", {}))
+    assert A.resolve_backend(q, k, v) == "sdpa"
+    assert A.resolve_backend(q, k, v, "triton") == "sdpa"
+    monkeypatch.setenv(A.ENV_VAR, "reference")
+    assert A.resolve_backend(q, k, v) == "reference"
+
+
+# --- dispatcher: results on CPU -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("shape", [(2, 8, 64, 77, 40), (1, 2, 67, 67, 80), (2, 1, 5, 154, 160), (1, 1, 3, 1, 64)])
+@pytest.mark.parametrize("backend", [None, "sdpa", "sdpa:math", "reference"])
+def test_attention_cpu_equals_reference(monkeypatch, shape, backend):
+    monkeypatch.delenv(A.ENV_VAR, raising=False)
+    b, h, sq, skv, d = shape
+    q, k, v = attention_inputs((b, h, sq, skv, d, "fp32", {}), seed=1)
+    out = A.attention(q, k, v, backend=backend)
+    # the reference written out independently: softmax(q k^T / sqrt(D)) v in float64
+    expected = torch.softmax(q.double() @ k.double().transpose(-1, -2) / math.sqrt(d), dim=-1) @ v.double()
+    assert out.shape == (b, h, sq, d) and out.dtype == torch.float32
+    torch.testing.assert_close(out.double(), expected, atol=2e-6, rtol=1e-5)
+
+
+def test_attention_custom_scale_and_dtype_kept():
+    q, k, v = attention_inputs((1, 2, 6, 77, 64, "fp32", {}), seed=2)
+    out = A.attention(q, k, v, scale=0.05)
+    expected = torch.softmax(q @ k.transpose(-1, -2) * 0.05, dim=-1) @ v
+    torch.testing.assert_close(out, expected, atol=2e-6, rtol=1e-5)
+    qh, kh, vh = (t.to(torch.bfloat16) for t in (q, k, v))
+    assert A.attention(qh, kh, vh, backend="reference").dtype == torch.bfloat16
+
+
+def test_reference_chunks_query_rows(monkeypatch):
+    q, k, v = attention_inputs((2, 2, 37, 50, 40, "fp32", {}), seed=3)
+    whole = A.reference_attention(q, k, v)
+    monkeypatch.setattr(A, "_REFERENCE_CHUNK_BYTES", 4 * 2 * 2 * 50 * 5)  # 5 query rows per chunk
+    torch.testing.assert_close(A.reference_attention(q, k, v), whole, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("shapes", [
+    ((1, 2, 8, 40), (1, 2, 9, 40), (1, 2, 10, 40)),  # k and v lengths differ
+    ((1, 2, 8, 40), (1, 3, 9, 40), (1, 3, 9, 40)),  # heads differ
+    ((1, 2, 8, 40), (1, 2, 9, 64), (1, 2, 9, 64)),  # head dims differ
+    ((2, 8, 40), (2, 9, 40), (2, 9, 40)),  # not 4-D
+])
+def test_attention_rejects_bad_shapes(shapes):
+    q, k, v = (torch.zeros(s) for s in shapes)
+    with pytest.raises(ComfyCoreError):
+        A.attention(q, k, v)
+
+
+def test_attention_flops_formula():
+    assert A.attention_flops(2, 8, 4096, 77, 40) == 4 * 2 * 8 * 4096 * 77 * 40
+
+
+def test_kernels_work_without_triton_and_never_touch_cuda():
+    """In a fresh interpreter with triton blocked, every public path runs on torch and CUDA stays uninitialised."""
+    script = textwrap.dedent("""
+        import sys
+        sys.modules["triton"] = None  # makes `import triton` fail and find_spec raise
+        import torch
+        from comfy_core.kernels import attention as A, sampler_step as S, _triton
+        assert not _triton.triton_available()
+        q, k = torch.randn(1, 2, 5, 40), torch.randn(1, 2, 77, 40)
+        assert A.resolve_backend(q, k, k, "triton") == "sdpa"
+        out = A.attention(q, k, k, backend="triton")
+        assert torch.allclose(out, A.reference_attention(q, k, k), atol=1e-5)
+        x = torch.randn(1, 4, 8, 8)
+        assert S.resolve_step_backend(x, x, backend="triton") == "torch"
+        assert S.cfg_euler_step(x, x, x, 7.0, 2.0, 1.0, backend="triton").x.shape == x.shape
+        assert not torch.cuda.is_initialized()
+        assert "comfy_core.kernels.triton_attention" not in sys.modules
+        print("ok")
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip().endswith("ok")
+
+
+# --- CUDA: the compiled kernel (autotuned) against the fp32 reference, SD shapes at full size -----------------------
+
+SD_SHAPES = [(2, 8, 4096, 40), (2, 8, 1024, 80), (2, 8, 256, 160), (2, 8, 64, 160), (2, 10, 4096, 64),
+             (2, 20, 1024, 64)]
+
+
+@pytest.mark.cuda
+@needs_triton
+@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+@pytest.mark.parametrize("shape", SD_SHAPES)
+@pytest.mark.parametrize("seq_kv", ["self", 77])
+def test_triton_attention_cuda_sd_shapes(shape, dtype, seq_kv):
+    b, h, sq, d = shape
+    skv = sq if seq_kv == "self" else seq_kv
+    q, k, v = attention_inputs((b, h, sq, skv, d, dtype, {}), device="cuda")
+    assert A.resolve_backend(q, k, v) == "triton"
+    out = A.attention(q, k, v)
+    ref = A.reference_attention(q.float(), k.float(), v.float())
+    assert out.dtype == DTYPES[dtype] and out.shape == q.shape
+    err = (out.float() - ref).abs().max().item()
+    assert err <= ATTN_TOL[dtype] * max(1.0, ref.abs().max().item())
+
+
+@pytest.mark.cuda
+@needs_triton
+@pytest.mark.parametrize("case", list(ATTENTION_CASES))
+def test_triton_attention_cuda_small_cases(case):
+    q, k, v = attention_inputs(ATTENTION_CASES[case], device="cuda")
+    scale = ATTENTION_CASES[case][6].get("scale")
+    out = A.attention(q, k, v, scale=scale, backend="triton")
+    ref = A.reference_attention(q.float(), k.float(), v.float(), scale)
+    tol = ATTN_TOL[ATTENTION_CASES[case][5]]
+    assert (out.float() - ref).abs().max().item() <= tol * max(1.0, ref.abs().max().item())
+
+
+@pytest.mark.cuda
+@needs_triton
+@pytest.mark.parametrize("config", [(64, 64, 4, 2), (128, 32, 4, 3), (32, 16, 2, 1)])
+def test_triton_attention_cuda_pinned_configs(config):
+    from comfy_core.kernels import triton_attention as TA
+
+    q, k, v = attention_inputs((2, 3, 200, 77, 80, "fp16", {}), device="cuda")
+    out = TA.flash_attention(q, k, v, config=config)
+    ref = A.reference_attention(q.float(), k.float(), v.float())
+    assert (out.float() - ref).abs().max().item() <= ATTN_TOL["fp16"] * max(1.0, ref.abs().max().item())
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("kernel", ["flash", "efficient", "math"])
+def test_sdpa_pinned_kernels_cuda(kernel):
+    q, k, v = attention_inputs((2, 8, 256, 77, 64, "fp16", {}), device="cuda")
+    out = A.attention(q, k, v, backend=f"sdpa:{kernel}")
+    ref = A.reference_attention(q.float(), k.float(), v.float())
+    assert (out.float() - ref).abs().max().item() <= ATTN_TOL["fp16"] * max(1.0, ref.abs().max().item())
