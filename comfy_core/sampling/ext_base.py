@@ -7,14 +7,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
 
 import torch
 
-from .common import UncondCapture
-
-Callback = Callable[[dict[str, Any]], None]
-NoiseSampler = Callable[[Any, Any], torch.Tensor]
+from .common import Callback, UncondCapture  # noqa: F401  (Callback re-exported for the sampler modules)
+from .noise import BrownianTreeNoiseSampler, NoiseSampler, default_noise_sampler
 
 
 def s_in_like(x: torch.Tensor) -> torch.Tensor:
@@ -23,7 +20,10 @@ def s_in_like(x: torch.Tensor) -> torch.Tensor:
 
 
 def ancestral_step(sigma_from: float, sigma_to: float, eta: float = 1.0) -> tuple[float, float]:
-    """(sigma_down, sigma_up) of an ancestral step: deterministic target and fresh-noise std (host floats)."""
+    """(sigma_down, sigma_up) of an ancestral step: deterministic target and fresh-noise std.
+
+    The host-float twin of `common.get_ancestral_step` (which works on 0-dim tensors).
+    """
     if not eta:
         return sigma_to, 0.0
     sigma_up = min(sigma_to, eta * math.sqrt(sigma_to ** 2 * (sigma_from ** 2 - sigma_to ** 2) / sigma_from ** 2))
@@ -32,16 +32,12 @@ def ancestral_step(sigma_from: float, sigma_to: float, eta: float = 1.0) -> tupl
 
 def make_default_noise_sampler(x: torch.Tensor, seed: int | None) -> NoiseSampler:
     """ComfyUI's default generator-backed noise sampler for x's shape (see `noise.default_noise_sampler`)."""
-    from .noise import default_noise_sampler
-
     return default_noise_sampler(x, seed)
 
 
 def make_brownian_noise_sampler(x: torch.Tensor, sigmas: torch.Tensor, seed: int | None,
                                 cpu: bool = True) -> NoiseSampler:
     """Brownian-tree noise over [smallest positive sigma, largest sigma], as ComfyUI's SDE samplers build it."""
-    from .noise import BrownianTreeNoiseSampler
-
     sigma_min, sigma_max = sigmas[sigmas > 0].min(), sigmas.max()
     return BrownianTreeNoiseSampler(x, sigma_min, sigma_max, seed, cpu=cpu)
 

@@ -1,13 +1,12 @@
-"""Stochastic exponential-integrator samplers: ER-SDE, SEEDS-2/3 and SA-Solver (+ PECE).
+"""Stochastic exponential-integrator samplers: ER-SDE-Solver-3 and SEEDS-2/3 (SA-Solver is in `samplers_sa`).
 
-All of them integrate the reverse SDE in half-log-SNR time lambda = log(alpha / sigma). For the discrete VP models
+Both families integrate the reverse SDE in half-log-SNR time lambda = log(alpha / sigma). For the discrete VP models
 comfy-core runs (SD1.x, SD2.x, SDXL, eps or v prediction), in k-diffusion's VE sigma space alpha = 1 and
 lambda = -log(sigma). Noise comes from ComfyUI's default generator-backed noise sampler seeded with the sampler seed,
 so results match ComfyUI seed for seed. Step scalars are host floats (see `ext_base`).
 """
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Callable
 from typing import Any
@@ -17,7 +16,6 @@ import torch
 from .common import Denoiser, report
 from .ext_base import Callback, NoiseSampler, make_default_noise_sampler, s_in_like
 
-log = logging.getLogger(__name__)
 
 def _lam(sigma: float) -> float:
     """Half-log-SNR of a VE sigma (alpha = 1)."""
