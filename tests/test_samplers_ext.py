@@ -149,3 +149,26 @@ def test_unipc_coefficients(variant: str) -> None:
     assert len(rhos_p) == 2 and len(rhos_c) == 3 and all(map(math.isfinite, rhos_p + rhos_c))
     with pytest.raises(ValueError):
         unipc_coefficients([1.0], 0.8, "vary_coeff")
+
+
+@pytest.mark.parametrize("name", ["dpmpp_3m_sde", "ipndm_v", "deis", "er_sde", "seeds_3", "sa_solver", "uni_pc_bh2"])
+def test_zero_length_step_is_a_clear_error(name: str) -> None:
+    """Solvers that divide by step sizes refuse a repeated sigma (ComfyUI returns NaNs there) before any model call."""
+    from comfy_core.sampling.samplers import SAMPLERS
+
+    sigmas = torch.tensor([14.6, 6.0, 6.0, 1.0, 0.0])
+    model = make_toy("samplers")
+    with pytest.raises(ValueError, match="distinct consecutive sigmas"):
+        SAMPLERS[name](model, torch.zeros(1, 4, 8, 8), sigmas, extra_args={"model_options": {}}, seed=1)
+    assert model.calls == []
+
+
+@pytest.mark.parametrize("name", ["ipndm", "res_multistep", "res_multistep_ancestral", "gradient_estimation",
+                                  "seeds_2"])
+def test_zero_length_step_is_harmless_where_comfyui_allows_it(name: str) -> None:
+    from comfy_core.sampling.samplers import SAMPLERS
+
+    sigmas = torch.tensor([14.6, 6.0, 6.0, 1.0, 0.0])
+    x = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(5)) * 14.6
+    out = SAMPLERS[name](make_toy("samplers"), x, sigmas, extra_args={"model_options": {}}, seed=1)
+    assert torch.isfinite(out).all()

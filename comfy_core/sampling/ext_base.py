@@ -19,6 +19,17 @@ def s_in_like(x: torch.Tensor) -> torch.Tensor:
     return x.new_ones([x.shape[0]])
 
 
+def require_distinct_steps(sig: list[float], sampler: str) -> None:
+    """Reject a schedule with a zero-length step: these solvers divide by step sizes in lambda or sigma.
+
+    (ComfyUI returns NaNs or fails inside a linear solve there; a clear error is better.)
+    """
+    for i in range(len(sig) - 1):
+        if sig[i] == sig[i + 1]:
+            raise ValueError(f"sampler {sampler!r} needs distinct consecutive sigmas; sigmas[{i}] == sigmas[{i + 1}]"
+                             f" == {sig[i]}")
+
+
 def ancestral_step(sigma_from: float, sigma_to: float, eta: float = 1.0) -> tuple[float, float]:
     """(sigma_down, sigma_up) of an ancestral step: deterministic target and fresh-noise std.
 

@@ -23,6 +23,7 @@ from .ext_base import (
     cfg_pp_model,
     make_brownian_noise_sampler,
     make_default_noise_sampler,
+    require_distinct_steps,
     s_in_like,
 )
 
@@ -41,6 +42,7 @@ def sample_dpmpp_3m_sde(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, 
     if noise_sampler is None:
         noise_sampler = make_brownian_noise_sampler(x, sigmas, seed, cpu=brownian_on_cpu)
     sig = sigmas.tolist()
+    require_distinct_steps(sig, "dpmpp_3m_sde")
     s_in = s_in_like(x)
     lam = [-math.log(s) if s > 0 else math.inf for s in sig]  # half log-SNR of an EPS/V model
     hist: list[tuple[torch.Tensor, float]] = []  # (denoised, h) of the previous steps, newest first
@@ -115,6 +117,8 @@ def _ipndm(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, extra_args: d
            max_order: int, variable: bool) -> torch.Tensor:
     extra_args = {} if extra_args is None else extra_args
     sig = sigmas.tolist()
+    if variable:  # the variable-step weights divide by earlier step sizes
+        require_distinct_steps(sig, "ipndm_v")
     s_in = s_in_like(x)
     ds: list[torch.Tensor] = []  # derivatives of earlier steps, newest first
     for i in range(len(sig) - 1):
@@ -209,6 +213,7 @@ def sample_deis(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, extra
     """DEIS time-AB multistep sampler (arXiv:2204.13902)."""
     extra_args = {} if extra_args is None else extra_args
     sig = sigmas.tolist()
+    require_distinct_steps(sig, "deis")
     s_in = s_in_like(x)
     coeffs = deis_coefficients(sigmas, max_order)
     ds: list[torch.Tensor] = []  # newest first

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from .common import Denoiser, report
-from .ext_base import Callback, NoiseSampler, make_default_noise_sampler, s_in_like
+from .ext_base import Callback, NoiseSampler, make_default_noise_sampler, require_distinct_steps, s_in_like
 
 TauFn = Callable[[float], float]
 
@@ -79,6 +79,7 @@ def sample_sa_solver(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, 
     noise_sampler = make_default_noise_sampler(x, seed) if noise_sampler is None else noise_sampler
     tau_func = _default_tau(model) if tau_func is None else tau_func
     sig = sigmas.tolist()
+    require_distinct_steps(sig, "sa_solver")
     lam = [-math.log(s) if s > 0 else math.inf for s in sig]
     s_in = s_in_like(x)
     n_steps = len(sig) - 1

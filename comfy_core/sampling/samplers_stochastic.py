@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from .common import Denoiser, report
-from .ext_base import Callback, NoiseSampler, make_default_noise_sampler, s_in_like
+from .ext_base import Callback, NoiseSampler, make_default_noise_sampler, require_distinct_steps, s_in_like
 
 
 def _lam(sigma: float) -> float:
@@ -49,6 +49,7 @@ def sample_er_sde(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, ext
     noise_sampler = make_default_noise_sampler(x, seed) if noise_sampler is None else noise_sampler
     scaler = _er_noise_scaler if noise_scaler is None else noise_scaler
     sig = sigmas.tolist()
+    require_distinct_steps(sig, "er_sde")
     s_in = s_in_like(x)
     er = sig  # er_lambda = sigma / alpha = sigma for VE sigmas
     old_denoised = old_denoised_d = None
@@ -157,6 +158,8 @@ def _seeds(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, extra_args: d
     extra_args = {} if extra_args is None else extra_args
     noise_sampler = make_default_noise_sampler(x, seed) if noise_sampler is None else noise_sampler
     sig = sigmas.tolist()
+    if len(rs) > 1:  # SEEDS-3 divides by h through phi_2
+        require_distinct_steps(sig, "seeds_3")
     s_in = s_in_like(x)
     for i in range(len(sig) - 1):
         denoised = model(x, sigmas[i] * s_in, **extra_args)

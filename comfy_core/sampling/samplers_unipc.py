@@ -16,7 +16,7 @@ import math
 import torch
 
 from .common import Denoiser, report
-from .ext_base import Callback, NoiseSampler, s_in_like
+from .ext_base import Callback, NoiseSampler, require_distinct_steps, s_in_like
 
 _FINAL_SIGMA = 0.001  # UniPC stops here instead of at sigma 0 (its lambda would be infinite)
 
@@ -115,6 +115,7 @@ def _uni_pc(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, extra_args: 
     sig = sigmas.tolist()
     if sig[-1] < _FINAL_SIGMA:
         sig[-1] = _FINAL_SIGMA
+    require_distinct_steps(sig, "uni_pc" if variant == "bh1" else "uni_pc_bh2")
     vp = _vp_table(sig)
     steps = len(sig) - 1
     order = min(3, steps - 1)
