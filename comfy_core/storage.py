@@ -13,6 +13,7 @@ import mimetypes
 import os
 import shutil
 import time
+import uuid
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -313,10 +314,11 @@ def _next_counter(names: list[str], filename: str) -> int:
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    """Write through a sibling temp file so a reader never sees half a file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
+    """Write through a unique sibling temp file so a reader never sees half a file."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.part")  # unique, and the umask's permissions
     try:
-        tmp.write_bytes(data)
+        with open(tmp, "xb") as f:
+            f.write(data)
         os.replace(tmp, path)
     finally:
         if tmp.exists():
