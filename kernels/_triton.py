@@ -30,7 +30,13 @@ def triton_interpreting() -> bool:
     Triton 3.7 reads the variable when a `@triton.jit` function is *decorated*, i.e. when a `triton_*` module is first
     imported, so the flag must be set before that import (the tests run the interpreter in a subprocess for this).
     """
-    return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "on", "yes")
+    return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "on")
+
+
+def module_interpreted(triton_module) -> bool:
+    """Whether `@triton.jit` decorates for the interpreter right now (call at a kernel module's import)."""
+    knobs = getattr(triton_module, "knobs", None)  # triton >= 3.4; older versions read the variable directly
+    return bool(knobs.runtime.interpret) if knobs is not None else triton_interpreting()
 
 
 def can_launch_on(device: torch.device) -> bool:

@@ -25,8 +25,10 @@ import triton.language as tl
 
 from comfy_core.errors import ComfyCoreError
 
+from ._triton import module_interpreted
+
 # True when this module was imported under TRITON_INTERPRET=1: the kernel then runs on CPU tensors (numpy).
-INTERPRETED: bool = bool(triton.knobs.runtime.interpret)
+INTERPRETED: bool = module_interpreted(triton)
 # Head dims the kernel is written for: BLOCK_D = next_pow2(D) must fit registers / shared memory.
 MAX_HEAD_DIM = 256
 MIN_HEAD_DIM = 16  # tl.dot needs K >= 16
@@ -36,16 +38,18 @@ LOG2E = 1.4426950408889634
 INTERPRETER_CONFIG = (64, 64, 4, 1)
 
 
-@triton.jit
+# Sequence lengths vary with the image size: no integer specialisation on them (one compile serves all lengths).
+@triton.jit(do_not_specialize=["H", "SEQ_Q", "SEQ_KV", "Q_BUCKET", "KV_BUCKET"])
 def _flash_attn_fwd(
     Q, K, V, O,
     stride_qb, stride_qh, stride_qm, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
     stride_ob, stride_oh, stride_om, stride_od,
-    H, SEQ_Q, SEQ_KV, HEAD_DIM, qk_scale,
+    H, SEQ_Q, SEQ_KV, qk_scale,
     Q_BUCKET, KV_BUCKET,  # autotune keys only (sequence lengths rounded up to powers of two)
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, DOT_FP32: tl.constexpr,
+    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    DOT_FP32: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)  # batch*heads in the grid
@@ -54,7 +58,7 @@ def _flash_attn_fwd(
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
-    d_ok = offs_d < HEAD_DIM  # padding of D to a power of two
+    d_ok = offs_d < HEAD_DIM  # padding of D to a power of two (all true, folded away, when D == BLOCK_D)
 
     q_ptrs = Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd
     q = tl.load(q_ptrs, mask=(offs_m[:, None] < SEQ_Q) & d_ok[None, :], other=0.0)  # [BLOCK_M, BLOCK_D]
@@ -95,19 +99,20 @@ def _flash_attn_fwd(
 
 def _cuda_configs() -> list[triton.Config]:
     """A small set that covers SD shapes on Ampere/Hopper; `_prune` drops what cannot fit for big head dims."""
-    shapes = [(128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3), (128, 32, 4, 4), (64, 64, 4, 3),
-              (64, 32, 4, 4), (64, 64, 4, 2), (128, 64, 8, 2), (64, 64, 8, 2), (64, 32, 4, 2)]
+    shapes = [(128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3), (128, 32, 4, 3), (64, 64, 4, 3),
+              (64, 64, 8, 2), (64, 32, 4, 2)]
     return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s) for m, n, w, s in shapes]
 
 
 def _prune(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
-    """Drop configs that are wasteful for the problem: blocks longer than the sequence, big tiles at D=256."""
+    """Drop configs that are wasteful for the problem: blocks longer than the sequence, big tiles at D=256
+    (BLOCK_D = 256 fp16: Q 64×256 + 2 stages of K and V 64×256 = 160 KB shared memory; more does not fit)."""
     args = {**named_args, **kwargs}
     block_d, seq_q, seq_kv = args["BLOCK_D"], args["SEQ_Q"], args["SEQ_KV"]
     kept = []
     for c in configs:
         m, n = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]
-        if block_d >= 256 and (n > 64 or c.num_stages > 2 or (m == 128 and c.num_warps < 8)):
+        if block_d >= 256 and (n > 64 or m > 64 or c.num_stages > 2):
             continue  # K/V tiles of 256 columns: keep shared memory under ~160 KB
         if (m > 64 and seq_q <= 64) or (n > 64 and seq_kv <= 64):
             continue
@@ -154,14 +159,13 @@ def flash_attention(
     # fp32 dots for fp32 inputs (exact "ieee" products), and for bf16 under the interpreter (its bf16 dot is wrong)
     dot_fp32 = q.dtype == torch.float32 or (INTERPRETED and q.dtype == torch.bfloat16)
     args = (q, k, v, out, *q.stride(), *k.stride(), *v.stride(), *out.stride(),
-            heads, seq_q, seq_kv, head_dim, scale * LOG2E,
-            triton.next_power_of_2(seq_q), triton.next_power_of_2(seq_kv))
+            heads, seq_q, seq_kv, scale * LOG2E, triton.next_power_of_2(seq_q), triton.next_power_of_2(seq_kv))
     if config is None and not INTERPRETED:
         grid = lambda meta: (triton.cdiv(seq_q, meta["BLOCK_M"]), batch * heads)  # noqa: E731
-        _flash_attn_fwd_tuned[grid](*args, BLOCK_D=block_d, DOT_FP32=dot_fp32)
+        _flash_attn_fwd_tuned[grid](*args, HEAD_DIM=head_dim, BLOCK_D=block_d, DOT_FP32=dot_fp32)
         return out
     block_m, block_n, num_warps, num_stages = config or INTERPRETER_CONFIG
     grid = (triton.cdiv(seq_q, block_m), batch * heads)
-    _flash_attn_fwd[grid](*args, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d, DOT_FP32=dot_fp32,
-                          num_warps=num_warps, num_stages=num_stages)
+    _flash_attn_fwd[grid](*args, HEAD_DIM=head_dim, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d,
+                          DOT_FP32=dot_fp32, num_warps=num_warps, num_stages=num_stages)
     return out

@@ -14,7 +14,9 @@ import triton.language as tl
 
 from comfy_core.errors import ComfyCoreError
 
-INTERPRETED: bool = bool(triton.knobs.runtime.interpret)
+from ._triton import module_interpreted
+
+INTERPRETED: bool = module_interpreted(triton)
 BLOCK = 1024
 NUM_WARPS = 4
 
