@@ -283,3 +283,22 @@ def test_sd15_parity_with_comfyui():
         torch.testing.assert_close(cond, ref[f"cond_{name}"], atol=1e-4, rtol=0)
         # SD1's pooled output in ComfyUI: the final-LN'd hidden state at the first EOS, unprojected
         torch.testing.assert_close(pooled, ref[f"pooled_{name}"], atol=1e-4, rtol=0)
+
+
+def test_hf_parameter_map_addresses_openclip_rows():
+    from comfy_core.models.clip_text import hf_parameter_map
+
+    raw = tiny_openclip()
+    clip = load_clip_files([raw], "stable_diffusion")
+    model = clip.modules()["g"]
+    params = dict(model.named_parameters())
+    hf = _openclip_to_hf(raw)
+    mapping = hf_parameter_map(model)
+    assert set(hf) <= set(mapping)
+    for name, tensor in hf.items():
+        param, rows = mapping[name]
+        value = params[param] if rows is None else params[param][rows]
+        assert torch.equal(value, tensor), name
+    l_model = load_clip_files([tiny_clip_l()], "stable_diffusion").modules()["l"]
+    assert hf_parameter_map(l_model)["text_model.encoder.layers.2.mlp.fc1.weight"] == (
+        "text_model.encoder.layers.2.mlp.fc1.weight", None)

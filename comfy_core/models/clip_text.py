@@ -273,6 +273,36 @@ class OpenClipText(TextTransformer):
         return pooled @ self.text_projection.to(pooled.dtype)
 
 
+# --- names for LoRA key maps -------------------------------------------------------------------------------------
+
+_OPENCLIP_TO_HF = {"ln_1": "layer_norm1", "ln_2": "layer_norm2", "attn.out_proj": "self_attn.out_proj",
+                   "mlp.c_fc": "mlp.fc1", "mlp.c_proj": "mlp.fc2"}
+
+
+def hf_parameter_map(model: TextTransformer) -> dict[str, tuple[str, slice | None]]:
+    """HF CLIPTextModel parameter name (what LoRA key maps address, e.g. `text_model.encoder.layers.0.self_attn.
+    q_proj.weight`) -> (this module's parameter name, rows of it or None). For OpenCLIP modules q/k/v are row
+    blocks of `in_proj_weight`/`in_proj_bias`; `text_projection` (transposed in OpenCLIP) is not mapped."""
+    if isinstance(model, HFClipText):
+        return {name: (name, None) for name in model.state_dict()}
+    C = model.cfg.width
+    out: dict[str, tuple[str, slice | None]] = {
+        "text_model.embeddings.token_embedding.weight": ("token_embedding.weight", None),
+        "text_model.embeddings.position_embedding.weight": ("positional_embedding", None),
+        "text_model.final_layer_norm.weight": ("ln_final.weight", None),
+        "text_model.final_layer_norm.bias": ("ln_final.bias", None),
+    }
+    for i in range(model.cfg.layers):
+        src, dst = f"transformer.resblocks.{i}.", f"text_model.encoder.layers.{i}."
+        for a, b in _OPENCLIP_TO_HF.items():
+            for s in ("weight", "bias"):
+                out[f"{dst}{b}.{s}"] = (f"{src}{a}.{s}", None)
+        for j, n in enumerate("qkv"):
+            for s in ("weight", "bias"):
+                out[f"{dst}self_attn.{n}_proj.{s}"] = (f"{src}attn.in_proj_{s}", slice(j * C, (j + 1) * C))
+    return out
+
+
 # --- shapes -> config -----------------------------------------------------------------------------------------------
 
 # Keys some files carry that inference does not use.

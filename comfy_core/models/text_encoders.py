@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import numbers
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,7 +127,8 @@ class TextEncoder:
         width = self.model.cfg.width
         rows, eos = [], []
         for row in batch:
-            kept = [t for t in row if isinstance(t, int) or _fits(t, width)]
+            kept = [int(t) if isinstance(t, numbers.Integral) else t for t in row
+                    if isinstance(t, numbers.Integral) or _fits(t, width)]
             kept += [self.tokenizer.pad_token] * (len(row) - len(kept))  # dropped vectors: pad at the end
             ids = torch.tensor([t if isinstance(t, int) else 0 for t in kept], device=device)
             x = self.model.embed_tokens(ids[None])[0]
@@ -167,7 +169,7 @@ class TextEncoder:
                 zk = torch.where(wk != 1.0, (zk - z_empty) * wk + z_empty, zk)
             out.append(zk)
         cond = torch.cat(out, dim=-2) if out else z[-1:]
-        return cond, pooled[0:1]
+        return cond.cpu(), pooled[0:1].cpu()  # conditioning lives on the CPU between nodes, as in ComfyUI
 
 
 def _fits(vector: torch.Tensor, width: int) -> bool:
