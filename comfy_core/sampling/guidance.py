@@ -1,0 +1,250 @@
+"""Classifier-free guidance over conditioning lists (ComfyUI's CFGGuider / calc_cond_batch), as a k-diffusion denoiser.
+
+A CONDITIONING is a list of `[cross_attn [B,T,D], extras]`. Each entry becomes a `Cond`: its model inputs
+(`c_crossattn`, and from `model.extra_conds` the ADM vector `y` / inpaint `c_concat`), an optional area and mask with
+their strengths, an optional sigma window (from `start_percent`/`end_percent`) and an optional ControlNet.
+
+Per call, every active entry of the positive and negative lists is cropped to its area, entries of the same shape are
+run as ONE batch (so cond + uncond is a single UNet call, in ComfyUI's [uncond, cond] row order), and the outputs are
+blended back with their masks/strengths:  pred = Σ out·mult / Σ mult  per list. Then (Ho & Salimans 2022)
+
+    denoised = uncond + cfg · (cond − uncond)
+
+followed by `model_options["sampler_post_cfg_function"]` hooks (CFG++ samplers). At cfg 1 the negative list is skipped
+unless `disable_cfg1_optimization` is set.
+
+ControlNet contract: an entry's extras may carry `"control"`, an object with
+`get_control(x, sigma, conds: dict, cond_or_uncond: list[int]) -> {"input": [...], "middle": [...], "output": [...]}`
+called with the batched UNet input of that call; the result is passed to the UNet as `control`.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from .common import DISABLE_CFG1_OPTIMIZATION, POST_CFG_FUNCTIONS
+
+POSITIVE, NEGATIVE = 0, 1
+AREA_FEATHER = 8  # latent pixels over which an area's edges fade in (ComfyUI's "fuzz")
+
+
+@dataclass
+class Cond:
+    """One conditioning entry, resolved for a given latent size."""
+
+    context: torch.Tensor  # [B, T, D] cross-attention tokens
+    model_conds: dict[str, torch.Tensor] = field(default_factory=dict)  # "y", "c_concat"
+    area: tuple[int, int, int, int] | None = None  # (h, w, y, x) in latent pixels
+    strength: float = 1.0
+    mask: torch.Tensor | None = None  # [B, h, w] at latent size
+    mask_strength: float = 1.0
+    sigma_start: float | None = None  # active while sigma <= sigma_start
+    sigma_end: float | None = None  # ... and sigma >= sigma_end
+    control: Any = None
+
+
+def _resolve_area(extras: dict[str, Any], height: int, width: int) -> tuple[int, int, int, int] | None:
+    area = extras.get("area")
+    if area is None:
+        return None
+    if area[0] == "percentage":  # fractions of the latent: (h, w, y, x)
+        h, w, y, x = area[1:]
+        return (max(1, round(h * height)), max(1, round(w * width)), round(y * height), round(x * width))
+    return tuple(int(v) for v in area)
+
+
+def _resolve_mask(extras: dict[str, Any], height: int, width: int, device) -> torch.Tensor | None:
+    mask = extras.get("mask")
+    if mask is None:
+        return None
+    mask = mask.to(device=device, dtype=torch.float32)
+    if mask.ndim == 2:
+        mask = mask.unsqueeze(0)
+    if tuple(mask.shape[1:]) != (height, width):  # [B,H,W] -> [B,1,H,W] -> resize -> [B,h,w]
+        mask = F.interpolate(mask.unsqueeze(1), size=(height, width), mode="bilinear", align_corners=False).squeeze(1)
+    return mask
+
+
+def _bounds_area(mask: torch.Tensor) -> tuple[int, int, int, int] | None:
+    """`set_area_to_bounds`: the bounding box of the mask's non-zero pixels, as (h, w, y, x)."""
+    coords = torch.nonzero(mask.abs().amax(dim=0) > 0)
+    if coords.numel() == 0:
+        return None
+    (y0, x0), (y1, x1) = coords.min(dim=0).values.tolist(), coords.max(dim=0).values.tolist()
+    return (y1 - y0 + 1, x1 - x0 + 1, y0, x0)
+
+
+def prepare_conds(model, conditioning: list, noise: torch.Tensor, *, prompt_type: str,
+                  latent_image: torch.Tensor | None = None, denoise_mask: torch.Tensor | None = None,
+                  seed: int | None = None) -> list[Cond]:
+    """Resolve a CONDITIONING list against the latent `noise` [B,C,h,w] (ComfyUI's process_conds)."""
+    height, width = noise.shape[-2:]
+    ms = model.model_sampling
+    conds = []
+    for context, extras in conditioning:
+        mask = _resolve_mask(extras, height, width, noise.device)
+        area = _resolve_area(extras, height, width)
+        if mask is not None and extras.get("set_area_to_bounds"):
+            area = _bounds_area(mask) or area
+        params = {k: v for k, v in extras.items() if k not in ("area", "mask", "control")}
+        model_conds = model.extra_conds(noise=noise, latent_image=latent_image, denoise_mask=denoise_mask,
+                                        prompt_type=prompt_type, seed=seed, **params)
+        conds.append(Cond(
+            context=context, model_conds=model_conds, area=area, strength=float(extras.get("strength", 1.0)),
+            mask=mask, mask_strength=float(extras.get("mask_strength", 1.0)),
+            sigma_start=ms.percent_to_sigma(extras["start_percent"]) if "start_percent" in extras else None,
+            sigma_end=ms.percent_to_sigma(extras["end_percent"]) if "end_percent" in extras else None,
+            control=extras.get("control")))
+    return conds
+
+
+@dataclass
+class _Chunk:
+    """One entry's share of a model call: its input crop, blend weights and model inputs."""
+
+    which: int  # POSITIVE or NEGATIVE
+    x: torch.Tensor  # [B, C, ah, aw]
+    mult: torch.Tensor  # [B, C, ah, aw]
+    area: tuple[int, int, int, int]  # (h, w, y, x)
+    context: torch.Tensor
+    model_conds: dict[str, torch.Tensor]
+    control: Any
+
+
+def _feather(mult: torch.Tensor, area: tuple[int, int, int, int], full: tuple[int, int]) -> None:
+    """Fade an area's inner edges in over a few latent pixels, so area prompts blend without seams."""
+    for dim, (size, offset, total) in enumerate(((area[0], area[2], full[0]), (area[1], area[3], full[1]))):
+        axis = dim + 2
+        steps = min(AREA_FEATHER, mult.shape[axis] // 4)
+        for t in range(steps):
+            weight = (t + 1) / steps
+            if offset != 0:
+                mult.narrow(axis, t, 1).mul_(weight)
+            if size + offset < total:
+                mult.narrow(axis, size - 1 - t, 1).mul_(weight)
+
+
+def _chunk(cond: Cond, which: int, x: torch.Tensor, sigma: torch.Tensor) -> _Chunk | None:
+    s = float(sigma[0])
+    if (cond.sigma_start is not None and s > cond.sigma_start) or (cond.sigma_end is not None and s < cond.sigma_end):
+        return None
+    height, width = x.shape[-2:]
+    h, w, y, x0 = cond.area if cond.area is not None else (height, width, 0, 0)
+    h, w = min(height - y, h), min(width - x0, w)
+    crop = x[:, :, y:y + h, x0:x0 + w]
+    if cond.mask is not None:
+        mask = cond.mask[: crop.shape[0], y:y + h, x0:x0 + w] * cond.mask_strength  # [b, h, w]
+        mult = mask.unsqueeze(1).repeat(crop.shape[0] // mask.shape[0], crop.shape[1], 1, 1)
+    else:
+        mult = torch.ones_like(crop)
+    mult = mult * cond.strength
+    if cond.mask is None and cond.area is not None:
+        _feather(mult, (h, w, y, x0), (height, width))
+    model_conds = {}
+    for key, value in cond.model_conds.items():
+        if value.ndim == 4:  # spatial conds (inpaint c_concat) follow the area
+            value = value[:, :, y:y + h, x0:x0 + w]
+        model_conds[key] = _to_batch(value, crop.shape[0])
+    return _Chunk(which, crop, mult, (h, w, y, x0), _to_batch(cond.context, crop.shape[0]), model_conds, cond.control)
+
+
+def _to_batch(t: torch.Tensor, batch: int) -> torch.Tensor:
+    if t.shape[0] == batch:
+        return t
+    if t.shape[0] < batch:  # [b, ...] -> [batch, ...] by repetition
+        return t.repeat(math.ceil(batch / t.shape[0]), *([1] * (t.ndim - 1)))[:batch]
+    return t[:batch]
+
+
+def _compatible(a: _Chunk, b: _Chunk) -> bool:
+    if a.x.shape != b.x.shape or a.control is not b.control or a.model_conds.keys() != b.model_conds.keys():
+        return False
+    if any(a.model_conds[k].shape != b.model_conds[k].shape for k in a.model_conds):
+        return False
+    ta, tb = a.context.shape[1], b.context.shape[1]
+    return a.context.shape[2] == b.context.shape[2] and math.lcm(ta, tb) // min(ta, tb) <= 4
+
+
+def _cat_contexts(contexts: list[torch.Tensor]) -> torch.Tensor:
+    """Token lengths differ (e.g. 77 vs 154): repeat each to their lcm so they batch (attention is unchanged)."""
+    length = math.lcm(*(c.shape[1] for c in contexts))
+    return torch.cat([c.repeat(1, length // c.shape[1], 1) for c in contexts])
+
+
+def calc_cond_batch(model, cond_lists: list[list[Cond] | None], x: torch.Tensor, sigma: torch.Tensor,
+                    model_options: dict[str, Any]) -> list[torch.Tensor]:
+    """Predictions for each conditioning list (zeros for a None list), batching compatible chunks into one call."""
+    outs = [torch.zeros_like(x) for _ in cond_lists]
+    counts = [torch.full_like(x, 1e-37) for _ in cond_lists]
+    pending = [c for which, conds in enumerate(cond_lists) if conds is not None
+               for cond in conds if (c := _chunk(cond, which, x, sigma)) is not None]
+    while pending:
+        batch = [c for c in pending if _compatible(pending[0], c)][::-1]  # ComfyUI batches in reverse order
+        pending = [c for c in pending if all(c is not b for b in batch)]
+        _run_batch(model, batch, sigma, model_options, outs, counts)
+    return [out / count for out, count in zip(outs, counts)]
+
+
+def _run_batch(model, batch: list[_Chunk], sigma, model_options, outs, counts) -> None:
+    rows = batch[0].x.shape[0]
+    x_in = torch.cat([c.x for c in batch])
+    sigma_in = torch.cat([sigma] * len(batch))
+    conds = {"context": _cat_contexts([c.context for c in batch])}
+    for key in batch[0].model_conds:
+        conds[key] = torch.cat([c.model_conds[key] for c in batch])
+    control = None
+    if batch[0].control is not None:
+        control = batch[0].control.get_control(x_in, sigma_in, conds, [c.which for c in batch])
+    transformer_options = {**model_options.get("transformer_options", {}),
+                           "cond_or_uncond": [c.which for c in batch], "sigmas": sigma_in}
+    output = model.apply_model(x_in, sigma_in, context=conds["context"], y=conds.get("y"),
+                               c_concat=conds.get("c_concat"), control=control,
+                               transformer_options=transformer_options)
+    for i, chunk in enumerate(batch):
+        h, w, y, x0 = chunk.area
+        part = output[i * rows:(i + 1) * rows]
+        outs[chunk.which][:, :, y:y + h, x0:x0 + w] += part * chunk.mult
+        counts[chunk.which][:, :, y:y + h, x0:x0 + w] += chunk.mult
+
+
+class CFGDenoiser:
+    """k-diffusion denoiser `(x, sigma, model_options=..., denoise_mask=...) -> x0` with CFG over two cond lists."""
+
+    def __init__(self, model, positive: list[Cond], negative: list[Cond], cfg: float):
+        self.model = model
+        self.model_sampling = model.model_sampling
+        self.positive, self.negative, self.cfg = positive, negative, float(cfg)
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, model_options: dict[str, Any] | None = None,
+                 **_: Any) -> torch.Tensor:
+        options = {**self.model.model_options, **(model_options or {})}
+        skip_uncond = math.isclose(self.cfg, 1.0) and not options.get(DISABLE_CFG1_OPTIMIZATION, False)
+        cond, uncond = calc_cond_batch(self.model, [self.positive, None if skip_uncond else self.negative],
+                                       x, sigma, options)
+        denoised = uncond + (cond - uncond) * self.cfg
+        for hook in options.get(POST_CFG_FUNCTIONS, []):
+            denoised = hook({"denoised": denoised, "cond": self.positive, "uncond": self.negative,
+                             "model": self.model, "uncond_denoised": uncond, "cond_denoised": cond,
+                             "sigma": sigma, "model_options": options, "input": x, "cond_scale": self.cfg})
+        return denoised
+
+
+class InpaintDenoiser:
+    """Keeps the unmasked region on the source latent (ComfyUI's KSamplerX0Inpaint): before each call the kept
+    region is re-noised to the current sigma from `noise`, after it the prediction there is the source latent."""
+
+    def __init__(self, inner: CFGDenoiser, latent_image: torch.Tensor, noise: torch.Tensor, mask: torch.Tensor):
+        self.inner, self.latent_image, self.noise, self.mask = inner, latent_image, noise, mask
+        self.model_sampling = inner.model_sampling
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        keep = 1.0 - self.mask
+        sigma_b = sigma.reshape([sigma.shape[0]] + [1] * (x.ndim - 1))
+        renoised = self.model_sampling.noise_scaling(sigma_b, self.noise, self.latent_image)
+        x = x * self.mask + renoised * keep
+        out = self.inner(x, sigma, **kwargs)
+        return out * self.mask + self.latent_image * keep

@@ -1,0 +1,113 @@
+"""The KSampler pipeline (ComfyUI's common_ksampler → KSampler.sample → CFGGuider → KSAMPLER): seed → noise,
+scheduler → sigmas (denoise, start/end steps), conds, optional inpaint mask, sampler, latent in/out scaling.
+"""
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from .guidance import NEGATIVE, POSITIVE, CFGDenoiser, InpaintDenoiser, prepare_conds
+from .noise import inpaint_random_noise, prepare_noise
+from .samplers import DISCARD_PENULTIMATE_SIGMA_SAMPLERS, RANDOM_INPAINT_NOISE_SAMPLERS, get_sampler
+from .schedulers import ksampler_sigmas
+
+StepCallback = Callable[[int, int, torch.Tensor], None]  # (step, total, denoised x0 in model space)
+
+
+def fix_empty_latent_channels(model, latent: torch.Tensor) -> torch.Tensor:
+    """An all-zero latent with the wrong channel count (EmptyLatentImage is 4-channel) is widened to the model's."""
+    channels = model.latent_format.latent_channels
+    if latent.shape[1] != channels and torch.count_nonzero(latent) == 0:
+        return torch.zeros((latent.shape[0], channels, *latent.shape[2:]), dtype=latent.dtype)
+    return latent
+
+
+def reshape_mask(mask: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """A [B?,H,W] noise mask → [B,C,h,w] at latent size (bilinear), repeated over channels and batch."""
+    mask = mask.reshape((-1, 1, mask.shape[-2], mask.shape[-1])).float()
+    mask = F.interpolate(mask, size=tuple(shape[2:]), mode="bilinear")
+    mask = mask.repeat(1, shape[1], 1, 1)[:, : shape[1]]
+    if mask.shape[0] < shape[0]:
+        mask = mask.repeat(-(-shape[0] // mask.shape[0]), 1, 1, 1)
+    return mask[: shape[0]]
+
+
+def step_sigmas(model, sampler_name: str, scheduler: str, steps: int, denoise: float,
+                start_step: int | None, last_step: int | None, force_full_denoise: bool) -> torch.Tensor:
+    """The sigma schedule after KSamplerAdvanced's start/end truncation."""
+    sigmas = ksampler_sigmas(model.model_sampling, scheduler, steps, denoise,
+                             sampler_name in DISCARD_PENULTIMATE_SIGMA_SAMPLERS)
+    if last_step is not None and last_step < len(sigmas) - 1:
+        sigmas = sigmas[: last_step + 1].clone()
+        if force_full_denoise:
+            sigmas[-1] = 0
+    if start_step is not None:
+        sigmas = sigmas[start_step:] if start_step < len(sigmas) - 1 else sigmas[:0]
+    return sigmas
+
+
+def sample_latent(model, latent: dict[str, Any], positive: list, negative: list, *, seed: int, steps: int, cfg: float,
+                  sampler_name: str, scheduler: str, denoise: float = 1.0, add_noise: bool = True,
+                  start_step: int | None = None, last_step: int | None = None, force_full_denoise: bool = False,
+                  on_step: StepCallback | None = None) -> dict[str, Any]:
+    """Denoise a LATENT dict; returns a new LATENT dict (ComfyUI's `common_ksampler`)."""
+    latent_image = fix_empty_latent_channels(model, latent["samples"])
+    if add_noise:
+        noise = prepare_noise(latent_image, seed, latent.get("batch_index"))
+    else:
+        noise = torch.zeros(latent_image.shape, dtype=latent_image.dtype)
+    sigmas = step_sigmas(model, sampler_name, scheduler, steps, denoise, start_step, last_step, force_full_denoise)
+    out = dict(latent)
+    if len(sigmas) == 0:  # nothing to do (denoise 0, or start_at_step past the end)
+        out["samples"] = latent_image
+        return out
+    out["samples"] = run_sampler(model, noise, sigmas, positive, negative, cfg, sampler_name, latent_image,
+                                 latent.get("noise_mask"), seed, on_step)
+    return out
+
+
+def run_sampler(model, noise: torch.Tensor, sigmas: torch.Tensor, positive: list, negative: list, cfg: float,
+                sampler_name: str, latent_image: torch.Tensor, noise_mask: torch.Tensor | None, seed: int,
+                on_step: StepCallback | None) -> torch.Tensor:
+    device = model.device
+    if torch.count_nonzero(latent_image) > 0:  # an empty latent is not shifted
+        latent_image = model.process_latent_in(latent_image)
+    latent_image, noise = latent_image.to(device, torch.float32), noise.to(device, torch.float32)
+    mask = reshape_mask(noise_mask, noise.shape).to(device) if noise_mask is not None else None
+    conds = {which: prepare_conds(model, cond, noise, prompt_type=kind, latent_image=latent_image,
+                                  denoise_mask=mask, seed=seed)
+             for which, kind, cond in ((POSITIVE, "positive", positive), (NEGATIVE, "negative", negative))}
+    denoiser: Any = CFGDenoiser(model, conds[POSITIVE], conds[NEGATIVE], cfg)
+    if mask is not None:
+        inpaint_noise = noise
+        if sampler_name in RANDOM_INPAINT_NOISE_SAMPLERS:
+            inpaint_noise = inpaint_random_noise(noise.shape, seed, noise.dtype).to(device)
+        denoiser = InpaintDenoiser(denoiser, latent_image, inpaint_noise, mask)
+    ms = model.model_sampling
+    x = ms.noise_scaling(sigmas[0], noise, latent_image, ms.max_denoise(sigmas))
+    total = len(sigmas) - 1
+
+    def callback(info: dict[str, Any]) -> None:
+        if on_step is not None:
+            on_step(info["i"], total, info["denoised"])
+
+    samples = get_sampler(sampler_name)(denoiser, x, sigmas.to(device), extra_args={"model_options": {}, "seed": seed},
+                                        callback=callback, seed=seed)
+    samples = ms.inverse_noise_scaling(sigmas[-1], samples)
+    return model.process_latent_out(samples.to(torch.float32)).cpu()
+
+
+def preview_jpeg(model, x0: torch.Tensor, max_size: int = 512) -> bytes:
+    """Latent → RGB preview via the family's latent2rgb factors, as JPEG bytes (quality 95, bilinear fit)."""
+    from PIL import Image
+
+    rgb = model.latent_format.preview_rgb(x0[:1].float())[0]  # [h, w, 3] in 0..1
+    image = Image.fromarray((rgb * 255).clamp(0, 255).to(torch.uint8).cpu().numpy())
+    image.thumbnail((max_size, max_size), Image.BILINEAR)
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=95)
+    return buffer.getvalue()
