@@ -21,7 +21,6 @@ import logging
 import re
 import unicodedata
 from collections.abc import Callable, Sequence
-from typing import Union
 
 import torch
 from tokenizers import AddedToken, Regex, Tokenizer, models, pre_tokenizers
@@ -38,7 +37,7 @@ EMBEDDING_PREFIX = "embedding:"
 # CLIP's pre-tokenizer split: special tokens, English contractions, letter runs, single digits, symbol runs.
 _CLIP_SPLIT = r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
 
-Token = Union[int, torch.Tensor]
+Token = int | torch.Tensor
 Chunk = list[tuple[Token, float, int]]
 EmbeddingLookup = Callable[[str], "torch.Tensor | None"]
 

@@ -5,12 +5,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import save_file
-
-from comfy_core.errors import ModelLoadError
-from comfy_core.models.clip_text import heads_for_width
-from comfy_core.models.text_encoders import CLIP, load_clip_files, load_clip_from_state_dict
-from comfy_core.tokenizer import END_TOKEN, START_TOKEN
 from fixtures_text import (
     tiny_clip_l,
     tiny_openclip,
@@ -19,6 +13,16 @@ from fixtures_text import (
     tiny_sd2_text,
     tiny_sdxl_text,
 )
+from safetensors.torch import save_file
+
+from comfy_core.errors import ModelLoadError
+from comfy_core.models.clip_text import heads_for_width
+from comfy_core.models.text_encoders import (
+    CLIP,
+    load_clip_files,
+    load_clip_from_state_dict,
+)
+from comfy_core.tokenizer import END_TOKEN, START_TOKEN
 
 DATA = Path(__file__).parent / "data"
 
@@ -234,8 +238,11 @@ def test_standalone_files():
 
 
 def test_position_ids_and_fp32_weights_are_accepted():
-    clip = load_clip_from_state_dict(tiny_sd1_text(position_ids=True), dtype=torch.float32)
+    fp16 = load_clip_from_state_dict(tiny_sd1_text(), dtype=torch.float32)  # engine dtype: weights stay fp16
+    assert fp16.modules()["l"].token_weight().dtype == torch.float16
+    clip = load_clip_from_state_dict(tiny_sd1_text(position_ids=True), weight_dtype=torch.float32)
     assert clip.modules()["l"].token_weight().dtype == torch.float32
+    torch.testing.assert_close(clip.encode("a cat"), fp16.encode("a cat"))  # fp16-exact weights: same numbers
 
 
 # --- damaged files ------------------------------------------------------------------------------------------------
@@ -269,12 +276,11 @@ def test_wrong_shape_and_gaps_are_reported(sd1_sd):
 
 @pytest.mark.slow
 def test_sd15_parity_with_comfyui():
+    from fixtures_sd15 import random_sd15_checkpoint
     from safetensors import safe_open
 
-    from fixtures_sd15 import random_sd15_checkpoint
-
     with safe_open(str(random_sd15_checkpoint()), "pt") as f:
-        sd = {k: f.get_tensor(k) for k in f.keys() if k.startswith("cond_stage_model.")}
+        sd = {k: f.get_tensor(k) for k in f.keys() if k.startswith("cond_stage_model.")}  # noqa: SIM118 (safe_open has no __iter__)
     with safe_open(str(DATA / "e2e_txt2img_euler_normal.safetensors"), "pt") as f:
         ref = {k: f.get_tensor(k) for k in ("cond_positive", "cond_negative", "pooled_positive", "pooled_negative")}
     clip = load_clip_from_state_dict(sd)

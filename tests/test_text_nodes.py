@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from fixtures_text import tiny_refiner_text, tiny_sd1_text, tiny_sdxl_text
 
 from comfy_core.models.text_encoders import load_clip_from_state_dict
 from comfy_core.nodes import text
 from comfy_core.nodes.registry import node_info
-from fixtures_text import tiny_refiner_text, tiny_sd1_text, tiny_sdxl_text
 
 REFERENCE = json.loads((Path(__file__).parent / "data" / "text_nodes_object_info.json").read_text())
 

@@ -103,7 +103,7 @@ def load_embedding(path: Path, embedding_size: int, key: str | None) -> torch.Te
     """Vectors [N, dim] (or one [dim]) of an embedding file as float32; None (with a warning) if unreadable."""
     try:
         vectors = select_vectors(_read_file(path), embedding_size, key)
-    except Exception:  # noqa: BLE001 - a broken embedding is skipped, as in ComfyUI
+    except Exception:
         log.warning("error loading embedding, skipping loading: %s", path, exc_info=True)
         return None
     if not isinstance(vectors, torch.Tensor):

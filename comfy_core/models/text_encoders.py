@@ -29,7 +29,14 @@ import torch
 from .. import context
 from ..errors import ModelLoadError
 from ..tokenizer import END_TOKEN, START_TOKEN, PromptTokenizer, Token
-from .clip_text import Activation, TextTransformer, build_text_model, detect_config, detect_layout, load_weights
+from .clip_text import (
+    Activation,
+    TextTransformer,
+    build_text_model,
+    detect_config,
+    detect_layout,
+    load_weights,
+)
 from .embeddings import EmbeddingLookup
 
 log = logging.getLogger(__name__)
@@ -197,7 +204,7 @@ class CLIP:
         self.layer_idx: int | None = None
         self.patches: tuple = ()  # LoRA patches (applied by the model cache's patcher), carried with clones
 
-    def clone(self) -> "CLIP":
+    def clone(self) -> CLIP:
         """A new CLIP sharing the encoder modules; settings changed on the clone do not affect this one."""
         other = copy.copy(self)
         other.encoders = dict(self.encoders)
@@ -263,8 +270,11 @@ class CLIP:
 # --- loading ----------------------------------------------------------------------------------------------------
 
 
-def _default_dtype(dtype: torch.dtype | None) -> torch.dtype:
-    return torch.float16 if dtype is None else dtype  # ComfyUI's text encoder weight dtype; compute is float32
+def _weight_dtype(weight_dtype: torch.dtype | None) -> torch.dtype:
+    """ComfyUI keeps text-encoder weights in float16 on every device and computes in float32 (manual cast), so the
+    engine's model dtype does not apply here; pass `weight_dtype` to store them otherwise (e.g. float32: faster on
+    CPU, but fp32-trained weights then differ from ComfyUI by their fp16 rounding)."""
+    return torch.float16 if weight_dtype is None else weight_dtype
 
 
 def _build_encoder(role: str, family: str, sd: Mapping[str, torch.Tensor], prefix: str, *,
@@ -287,11 +297,12 @@ def _checkpoint_family(keys: set[str]) -> str | None:
 
 
 def load_clip_from_state_dict(sd: Mapping[str, torch.Tensor], *, device: torch.device | str = "cpu",
-                              dtype: torch.dtype | None = None, embedding_dirs: Sequence[str | Path] = ()
-                              ) -> CLIP | None:
+                              dtype: torch.dtype | None = None, embedding_dirs: Sequence[str | Path] = (),
+                              weight_dtype: torch.dtype | None = None) -> CLIP | None:
     """The text encoders of a whole checkpoint (SD1 / SD2 / SDXL / SDXL refiner), or None if it has none.
 
-    `dtype` is the weight storage dtype (default float16, as ComfyUI keeps CLIP); activations are always float32.
+    `dtype` (the engine's model dtype) is accepted for symmetry with the other loaders; CLIP always computes in
+    float32 with `weight_dtype` storage (default float16), exactly as ComfyUI runs it.
     Only tensors under the text-encoder prefixes are read. Damaged encoders raise `ModelLoadError`.
     """
     keys = set(sd.keys())
@@ -304,7 +315,7 @@ def load_clip_from_state_dict(sd: Mapping[str, torch.Tensor], *, device: torch.d
         if role == "l" and detect_layout(sub) is None and "embeddings.token_embedding.weight" in sub:
             sub = _SubDict(sd, prefix, keys, rename="text_model.")  # old SD1 files without "text_model."
         try:
-            encoders[role] = _build_encoder(role, family, sub, prefix, device=device, dtype=_default_dtype(dtype))
+            encoders[role] = _build_encoder(role, family, sub, prefix, device=device, dtype=_weight_dtype(weight_dtype))
         except ModelLoadError as e:
             raise ModelLoadError(f"{family} text encoder at '{prefix}': {e}") from None
     return CLIP(family, encoders, embedding_dirs=embedding_dirs)
@@ -343,7 +354,7 @@ FILE_FAMILIES = {("stable_diffusion", ("l",)): "sd1", ("stable_diffusion", ("h",
 
 def load_clip_files(state_dicts: Sequence[Mapping[str, torch.Tensor]], clip_type: str, *,
                     device: torch.device | str = "cpu", dtype: torch.dtype | None = None,
-                    embedding_dirs: Sequence[str | Path] = ()) -> CLIP:
+                    embedding_dirs: Sequence[str | Path] = (), weight_dtype: torch.dtype | None = None) -> CLIP:
     """CLIPLoader / DualCLIPLoader: standalone text-encoder files (HF `text_model.*` or OpenCLIP layout).
 
     `clip_type` is the loader's `type` input: "stable_diffusion" (one file: CLIP-L -> SD1, ViT-H -> SD2, bigG ->
@@ -364,5 +375,5 @@ def load_clip_files(state_dicts: Sequence[Mapping[str, torch.Tensor]], clip_type
                              "(supported: stable_diffusion with one CLIP-L/ViT-H/bigG file, sdxl with CLIP-L + bigG)")
     encoders = {}
     for role, sub, prefix in sorted(found, key=lambda f: "lhg".index(f[0])):
-        encoders[role] = _build_encoder(role, family, sub, prefix, device=device, dtype=_default_dtype(dtype))
+        encoders[role] = _build_encoder(role, family, sub, prefix, device=device, dtype=_weight_dtype(weight_dtype))
     return CLIP(family, encoders, embedding_dirs=embedding_dirs)
