@@ -1,0 +1,313 @@
+"""LoRA / LoCon weight patches (Hu et al. 2021) in kohya-ss and related key layouts, and how they are applied.
+
+Strategy (no copies of the base model): a MODEL or CLIP carries an immutable tuple of `LoraPatch`es; the shared,
+cached nn.Module carries a `PatchState`. Before a forward pass the owner calls `PatchState.ensure(module, patches)`:
+if the module currently holds a different patch set, the touched weights are restored from exact backups and the new
+set is applied in place (W' = W + strength·(alpha/rank)·up@down, computed in float32 then cast, as ComfyUI does).
+The cached base weights are therefore never corrupted: whoever uses the module next with other (or no) patches gets
+the exact original values back. Patching happens once per patch-set switch, not per step.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import uuid
+from collections.abc import Iterable, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import torch
+
+from ..errors import ModelLoadError
+from .unet import UNetConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, eq=False)
+class LoraWeights:
+    """One low-rank module: delta = (alpha/rank) · up @ [mid] @ down, reshaped to the target weight."""
+
+    up: torch.Tensor  # [out, r] or [out, r, 1, 1]
+    down: torch.Tensor  # [r, in] or [r, in, kh, kw]
+    alpha: float | None = None
+    mid: torch.Tensor | None = None  # LoCon Tucker core [r, r, kh, kw]
+
+    def delta(self, shape: torch.Size) -> torch.Tensor:
+        """float32 delta with the target's shape."""
+        up, down = self.up.float(), self.down.float()
+        rank = down.shape[0]
+        scale = (self.alpha / rank) if self.alpha is not None else 1.0
+        if self.mid is not None:  # Tucker: down' = (down^T @ mid^T)^T with the kernel from mid
+            mid = self.mid.float()
+            final = [down.shape[1], down.shape[0], mid.shape[2], mid.shape[3]]
+            down = torch.mm(down.transpose(0, 1).flatten(1), mid.transpose(0, 1).flatten(1)).reshape(final).transpose(0, 1)
+        diff = torch.mm(up.flatten(1), down.flatten(1))
+        if diff.numel() != torch.Size(shape).numel():
+            raise ModelLoadError(f"LoRA shapes up {list(self.up.shape)} / down {list(self.down.shape)} do not fit a "
+                                 f"weight of shape {list(shape)}")
+        return scale * diff.reshape(shape)
+
+
+Rows = tuple[int, int] | None  # a row range of the target (q/k/v inside a fused OpenCLIP in_proj_weight)
+
+
+@dataclass(frozen=True)
+class LoraPatch:
+    """A set of weight deltas for one module (the UNet, or one text encoder by role), with one strength.
+
+    `weights`: parameter name -> ((LoraWeights, rows), ...); rows=None patches the whole tensor.
+    """
+
+    weights: Mapping[str, tuple[tuple[LoraWeights, Rows], ...]]
+    strength: float
+    name: str = ""
+    target: str = "unet"  # "unet" or a text-encoder role ("l", "g", "h")
+    uid: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+    def key(self) -> tuple[str, float]:
+        return (self.uid, self.strength)
+
+
+class PatchState:
+    """What patch set a shared module currently holds, with exact backups of the weights it changed."""
+
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+        self.applied: tuple = ()
+        self.backups: dict[str, torch.Tensor] = {}
+
+    @staticmethod
+    def of(module: torch.nn.Module) -> "PatchState":
+        state = module.__dict__.get("_comfy_patch_state")
+        if state is None:
+            state = module.__dict__.setdefault("_comfy_patch_state", PatchState())
+        return state
+
+    def ensure(self, module: torch.nn.Module, patches: tuple[LoraPatch, ...]) -> None:
+        """Make `module` hold exactly `patches` (restore first if it holds others). Call with `lock` held."""
+        key = tuple(p.key() for p in patches)
+        if key == self.applied:
+            return
+        self.restore(module)
+        params = dict(module.named_parameters())
+        with torch.no_grad():
+            for patch in patches:
+                for name, parts in patch.weights.items():
+                    p = params.get(name)
+                    if p is None:
+                        continue
+                    if name not in self.backups:
+                        self.backups[name] = p.detach().clone()
+                    new = p.float()
+                    for lw, rows in parts:
+                        target = new if rows is None else new[rows[0]:rows[1]]
+                        target += patch.strength * lw.delta(target.shape).to(p.device)
+                    p.copy_(new.to(p.dtype))
+        self.applied = key
+
+    def restore(self, module: torch.nn.Module) -> None:
+        if not self.backups:
+            self.applied = ()
+            return
+        params = dict(module.named_parameters())
+        with torch.no_grad():
+            for name, saved in self.backups.items():
+                params[name].copy_(saved)
+        self.backups.clear()
+        self.applied = ()
+
+
+@contextmanager
+def patched(module: torch.nn.Module, patches: tuple[LoraPatch, ...]) -> Iterator[torch.nn.Module]:
+    """Hold the module's lock with `patches` applied (the usual wrapper around a forward pass)."""
+    state = PatchState.of(module)
+    with state.lock:
+        state.ensure(module, patches)
+        yield module
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Key mapping: LoRA module names -> parameter names of our modules
+# ------------------------------------------------------------------------------------------------------------------
+_RESNET_MAP = {
+    "norm1": "in_layers.0", "conv1": "in_layers.2", "norm2": "out_layers.0", "conv2": "out_layers.3",
+    "time_emb_proj": "emb_layers.1", "conv_shortcut": "skip_connection",
+}
+
+
+def unet_diffusers_map(cfg: UNetConfig) -> dict[str, str]:
+    """diffusers UNet2DConditionModel module path -> LDM module path, for any level/depth layout (SD1, SD2, SDXL)."""
+    out: dict[str, str] = {}
+    levels = len(cfg.channel_mult)
+    n = 1
+    for i in range(levels):
+        for j in range(cfg.num_res_blocks[i]):
+            _block(out, f"down_blocks.{i}.resnets.{j}", f"input_blocks.{n}.0", f"down_blocks.{i}.attentions.{j}",
+                   f"input_blocks.{n}.1")
+            n += 1
+        if i != levels - 1:
+            out[f"down_blocks.{i}.downsamplers.0.conv"] = f"input_blocks.{n}.0.op"
+            n += 1
+    for j in range(2):
+        _block(out, f"mid_block.resnets.{j}", f"middle_block.{2 * j}", "", "")
+    out["mid_block.attentions.0"] = "middle_block.1"
+    n = 0
+    for i in range(levels):
+        level = levels - 1 - i
+        for j in range(cfg.num_res_blocks[level] + 1):
+            has_attn = cfg.transformer_depth_output[n] > 0
+            _block(out, f"up_blocks.{i}.resnets.{j}", f"output_blocks.{n}.0", f"up_blocks.{i}.attentions.{j}",
+                   f"output_blocks.{n}.1")
+            if level != 0 and j == cfg.num_res_blocks[level]:
+                out[f"up_blocks.{i}.upsamplers.0.conv"] = f"output_blocks.{n}.{2 if has_attn else 1}.conv"
+            n += 1
+    return out
+
+
+def _block(out: dict[str, str], d_res: str, ldm_res: str, d_attn: str, ldm_attn: str) -> None:
+    for d, l in _RESNET_MAP.items():
+        out[f"{d_res}.{d}"] = f"{ldm_res}.{l}"
+    if d_attn:
+        out[d_attn] = ldm_attn
+
+
+def unet_lora_names(cfg: UNetConfig, param_names: Iterable[str]) -> dict[str, str]:
+    """kohya name (without `lora_unet_`) -> UNet weight parameter name, both diffusers-style and LDM-style names.
+
+    Inside attention blocks (Transformer2DModel) diffusers and LDM sub-paths are identical (proj_in,
+    transformer_blocks.0.attn1.to_q, ...), so only the block prefix is translated.
+    """
+    names = [p for p in param_names if p.endswith(".weight")]
+    result = {p[: -len(".weight")].replace(".", "_"): p for p in names}  # lora_unet_input_blocks_1_1_proj_in
+    name_set = set(names)
+    for d, ldm in unet_diffusers_map(cfg).items():
+        if ldm + ".weight" in name_set:
+            result[d.replace(".", "_")] = ldm + ".weight"
+        elif ".attentions." in d:
+            for p in names:
+                if p.startswith(ldm + "."):
+                    result[(d + p[len(ldm): -len(".weight")]).replace(".", "_")] = p
+    return result
+
+
+_LORA_SUFFIXES = {  # (up, down, mid) key suffixes of the formats we read
+    "kohya": (".lora_up.weight", ".lora_down.weight", ".lora_mid.weight"),
+    "peft": (".lora_B.weight", ".lora_A.weight", None),
+    "diffusers": ("_lora.up.weight", "_lora.down.weight", None),
+    "dot": (".lora.up.weight", ".lora.down.weight", None),
+}
+
+
+def _modules(sd: Mapping[str, torch.Tensor]) -> dict[str, LoraWeights]:
+    """Every low-rank module in a LoRA file, by module name (the key before its suffix)."""
+    found: dict[str, LoraWeights] = {}
+    for up_sfx, down_sfx, mid_sfx in _LORA_SUFFIXES.values():
+        for key in sd:
+            if not key.endswith(up_sfx):
+                continue
+            name = key[: -len(up_sfx)]
+            down = sd.get(name + down_sfx)
+            if down is None:
+                continue
+            alpha = sd.get(name + ".alpha")
+            mid = sd.get(name + mid_sfx) if mid_sfx else None
+            found[name] = LoraWeights(sd[key], down, float(alpha) if alpha is not None else None, mid)
+    return found
+
+
+Target = tuple[str, Rows]  # (parameter name, row range or None)
+
+
+def lora_patches_for(
+    lora_sd: Mapping[str, torch.Tensor], targets: Mapping[str, Mapping[str, Target]]
+) -> tuple[dict[str, dict[str, tuple[tuple[LoraWeights, Rows], ...]]], list[str]]:
+    """Split a LoRA file into per-target weight maps.
+
+    `targets`: target id ("unet", "l", "g", ...) -> {LoRA module name -> (parameter name, rows)}. Returns
+    ({target id -> {parameter name -> ((LoraWeights, rows), ...)}}, names of LoRA modules nothing matched).
+    """
+    modules = _modules(lora_sd)
+    result: dict[str, dict[str, tuple]] = {t: {} for t in targets}
+    unmatched = []
+    for name, lw in modules.items():
+        for target, mapping in targets.items():
+            hit = mapping.get(name)
+            if hit is not None:
+                param, rows = hit
+                result[target][param] = result[target].get(param, ()) + ((lw, rows),)
+                break
+        else:
+            unmatched.append(name)
+    for name in unmatched:
+        log.warning("lora key not loaded: %s", name)
+    return result, unmatched
+
+
+def unet_targets(cfg: UNetConfig, param_names: Iterable[str]) -> dict[str, Target]:
+    """LoRA module name -> (UNet parameter, None), for the prefixes LoRA trainers use."""
+    names = list(param_names)
+    base = unet_lora_names(cfg, names)
+    mapping: dict[str, Target] = {f"lora_unet_{k}": (v, None) for k, v in base.items()}
+    for p in names:  # plain LDM paths, as some trainers write them
+        if p.endswith(".weight"):
+            stem = p[: -len(".weight")]
+            mapping[f"diffusion_model.{stem}"] = (p, None)
+            mapping[f"model.diffusion_model.{stem}"] = (p, None)
+    return mapping
+
+
+_HF_LINEARS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj", "mlp.fc1", "mlp.fc2")
+# kohya name prefixes per (CLIP family, encoder role)
+KOHYA_TE_PREFIXES = {("sd1", "l"): ("lora_te_", "lora_te1_"), ("sd2", "h"): ("lora_te_", "lora_te1_"),
+                     ("sdxl", "l"): ("lora_te1_",), ("sdxl", "g"): ("lora_te2_",),
+                     ("sdxl_refiner", "g"): ("lora_te_", "lora_te2_")}
+
+
+def text_encoder_targets(prefixes: Iterable[str], module: torch.nn.Module) -> dict[str, Target]:
+    """kohya `lora_te*_text_model_encoder_layers_N_<linear>` -> (parameter, rows) of a text encoder module.
+
+    HF layout (`text_model.encoder.layers.N.self_attn.q_proj.weight`) maps one to one; the OpenCLIP layout maps
+    q/k/v onto row thirds of the fused `transformer.resblocks.N.attn.in_proj_weight`, out_proj/fc1/fc2 onto
+    attn.out_proj / mlp.c_fc / mlp.c_proj.
+    """
+    params = dict(module.named_parameters())
+    mapping: dict[str, Target] = {}
+    layer = 0
+    while True:
+        hf = f"text_model.encoder.layers.{layer}."
+        oc = f"transformer.resblocks.{layer}."
+        if hf + "self_attn.q_proj.weight" in params:
+            found = {lin: (hf + lin + ".weight", None) for lin in _HF_LINEARS}
+        elif oc + "attn.in_proj_weight" in params:
+            w = params[oc + "attn.in_proj_weight"].shape[0] // 3
+            found = {"self_attn.q_proj": (oc + "attn.in_proj_weight", (0, w)),
+                     "self_attn.k_proj": (oc + "attn.in_proj_weight", (w, 2 * w)),
+                     "self_attn.v_proj": (oc + "attn.in_proj_weight", (2 * w, 3 * w)),
+                     "self_attn.out_proj": (oc + "attn.out_proj.weight", None),
+                     "mlp.fc1": (oc + "mlp.c_fc.weight", None), "mlp.fc2": (oc + "mlp.c_proj.weight", None)}
+        else:
+            break
+        for lin, target in found.items():
+            for prefix in prefixes:
+                mapping[f"{prefix}text_model_encoder_layers_{layer}_{lin.replace('.', '_')}"] = target
+        layer += 1
+    return mapping
+
+
+def clip_lora_targets(clip) -> dict[str, dict[str, Target]]:
+    """role -> LoRA name map for every text encoder of a CLIP object (text_encoders.CLIP)."""
+    return {role: text_encoder_targets(KOHYA_TE_PREFIXES.get((clip.family, role), ("lora_te_",)), module)
+            for role, module in clip.modules().items()}
+
+
+@contextmanager
+def clip_patched(clip) -> Iterator[None]:
+    """Hold every text encoder of `clip` locked with the CLIP's patches (by role) applied."""
+    with contextlib.ExitStack() as stack:
+        for role, module in clip.modules().items():
+            mine = tuple(p for p in getattr(clip, "patches", ()) if p.target == role)
+            stack.enter_context(patched(module, mine))
+        yield

@@ -1,0 +1,294 @@
+"""Loader nodes: checkpoints, standalone UNet / VAE / text-encoder files, LoRAs.
+
+File lists come from the engine's model folders at call time; loaded weights come from (and stay in) the engine's
+ModelCache, so a workflow that loads the same checkpoint twice pays once.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .. import context
+from ..errors import ModelLoadError
+from ..models.cache import ModelCache
+from ..models.lora import LoraPatch, clip_lora_targets, lora_patches_for, unet_targets
+from ..models.vae import PixelSpaceVAE
+
+log = logging.getLogger(__name__)
+
+CLIP_TYPES = ["stable_diffusion", "stable_cascade", "sd3", "stable_audio", "mochi", "ltxv", "pixart", "cosmos",
+              "lumina2", "wan", "hidream", "chroma", "ace", "omnigen2", "qwen_image", "hunyuan_image"]
+DUAL_CLIP_TYPES = ["sdxl", "sd3", "flux", "hunyuan_video", "hidream", "hunyuan_image"]
+UNET_WEIGHT_DTYPES = ["default", "fp8_e4m3fn", "fp8_e4m3fn_fast", "fp8_e5m2"]
+
+
+def _files(kind: str) -> list[str]:
+    ctx = context.current_or_none()
+    return ctx.folders.list(kind) if ctx is not None else []
+
+
+def _full_path(kind: str, name: str) -> Path:
+    """The file's path, or ComfyUI's not-found message."""
+    path = context.current().folders.full_path(kind, name)
+    if path is None:
+        raise ModelLoadError(f"Model in folder '{kind}' with filename '{name}' not found.")
+    return path
+
+
+def _cache() -> ModelCache:
+    ctx = context.current()
+    if ctx.models is None:  # outside an engine (tests, scripts): load without keeping anything
+        return ModelCache(cpu_budget_bytes=1, gpu_budget_bytes=1)
+    return ctx.models
+
+
+def _device_dtype() -> dict[str, Any]:
+    ctx = context.current()
+    return {"device": ctx.device, "dtype": ctx.dtype}
+
+
+def _embedding_dirs() -> tuple[str, ...]:
+    try:
+        return tuple(str(d) for d in context.current().folders.dirs("embeddings"))
+    except Exception:  # noqa: BLE001 - a folders object without an embeddings kind
+        return ()
+
+
+def load_checkpoint(ckpt_name: str) -> tuple[Any, Any, Any]:
+    path = _full_path("checkpoints", ckpt_name)
+    return _cache().load_checkpoint(path, embedding_dirs=_embedding_dirs(), **_device_dtype())
+
+
+class CheckpointLoaderSimple:
+    DESCRIPTION = "Load a Stable Diffusion checkpoint file: its denoising model, text encoder and VAE."
+    CATEGORY = "loaders"
+    RETURN_TYPES = ("MODEL", "CLIP", "VAE")
+    OUTPUT_TOOLTIPS = ("The diffusion (denoising) model.", "The text encoder that turns prompts into conditioning.",
+                       "The VAE that converts between images and latents.")
+    FUNCTION = "load_checkpoint"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {"required": {"ckpt_name": (_files("checkpoints"), {"tooltip": "Checkpoint file to load."})}}
+
+    def load_checkpoint(self, ckpt_name: str) -> tuple[Any, Any, Any]:
+        return load_checkpoint(ckpt_name)
+
+
+class CheckpointLoader:
+    """Deprecated ComfyUI node: the yaml config is ignored, the architecture is detected from the weights."""
+
+    CATEGORY = "advanced/loaders"
+    DEPRECATED = True
+    RETURN_TYPES = ("MODEL", "CLIP", "VAE")
+    FUNCTION = "load_checkpoint"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {"required": {"config_name": (_files("configs"),), "ckpt_name": (_files("checkpoints"),)}}
+
+    def load_checkpoint(self, config_name: str, ckpt_name: str) -> tuple[Any, Any, Any]:
+        log.info("CheckpointLoader: config %r ignored; the model type is detected from the weights", config_name)
+        return load_checkpoint(ckpt_name)
+
+
+class UNETLoader:
+    CATEGORY = "advanced/loaders"
+    RETURN_TYPES = ("MODEL",)
+    FUNCTION = "load_unet"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {"required": {"unet_name": (_files("diffusion_models"),), "weight_dtype": (UNET_WEIGHT_DTYPES,)}}
+
+    def load_unet(self, unet_name: str, weight_dtype: str) -> tuple[Any]:
+        path = _full_path("diffusion_models", unet_name)
+        if weight_dtype != "default":
+            log.warning("UNETLoader: %s storage is not implemented; loading %s in the engine dtype", weight_dtype,
+                        unet_name)
+        return (_cache().load_unet(path, **_device_dtype()),)
+
+
+class PixelSpace:
+    """Marker kept for readability: the "pixel_space" choice of VAELoader."""
+
+    NAME = "pixel_space"
+
+
+class VAELoader:
+    CATEGORY = "loaders"
+    RETURN_TYPES = ("VAE",)
+    FUNCTION = "load_vae"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {"required": {"vae_name": (_files("vae") + [PixelSpace.NAME],)}}
+
+    def load_vae(self, vae_name: str) -> tuple[Any]:
+        if vae_name == PixelSpace.NAME:
+            return (PixelSpaceVAE(),)
+        path = _full_path("vae", vae_name)
+        return (_cache().load_vae(path, **_device_dtype()),)
+
+
+def _text_encoders():
+    try:
+        from ..models import text_encoders  # noqa: PLC0415 (written by the text-encoder engineer)
+    except ImportError:
+        raise ModelLoadError("text encoder support is not available in this build") from None
+    return text_encoders
+
+
+def _load_clip_files(names: list[str], clip_type: str, device_choice: str) -> Any:
+    te = _text_encoders()
+    paths = [_full_path("text_encoders", n) for n in names]
+    device = _device_dtype()["device"] or torch.device("cpu")
+    if device_choice == "cpu":
+        device = torch.device("cpu")
+    dd = {"device": device, "dtype": None}  # None: ComfyUI's float16 text-encoder weights, float32 compute
+    cache = _cache()
+
+    def load() -> Any:
+        from ..models.state_dict import open_state_dict  # noqa: PLC0415
+
+        sds = [open_state_dict(p) for p in paths]
+        try:
+            return te.load_clip_files(sds, clip_type, **dd)
+        finally:
+            for sd in sds:
+                sd.close()
+
+    clip = cache.get_custom(paths[0], "clip_files", load, extra=(clip_type, *map(str, paths[1:])), **dd)
+    return clip.clone() if hasattr(clip, "clone") else clip
+
+
+class CLIPLoader:
+    DESCRIPTION = "Load a standalone text encoder file. stable_diffusion expects CLIP-L (SD1.x)."
+    CATEGORY = "advanced/loaders"
+    RETURN_TYPES = ("CLIP",)
+    FUNCTION = "load_clip"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {"required": {"clip_name": (_files("text_encoders"),), "type": (CLIP_TYPES,)},
+                "optional": {"device": (["default", "cpu"], {"advanced": True})}}
+
+    def load_clip(self, clip_name: str, type: str = "stable_diffusion", device: str = "default") -> tuple[Any]:
+        return (_load_clip_files([clip_name], type, device),)
+
+
+class DualCLIPLoader:
+    DESCRIPTION = "Load two standalone text encoder files. sdxl expects CLIP-L and OpenCLIP bigG."
+    CATEGORY = "advanced/loaders"
+    RETURN_TYPES = ("CLIP",)
+    FUNCTION = "load_clip"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        files = _files("text_encoders")
+        return {"required": {"clip_name1": (files,), "clip_name2": (files,), "type": (DUAL_CLIP_TYPES,)},
+                "optional": {"device": (["default", "cpu"], {"advanced": True})}}
+
+    def load_clip(self, clip_name1: str, clip_name2: str, type: str, device: str = "default") -> tuple[Any]:
+        return (_load_clip_files([clip_name1, clip_name2], type, device),)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# LoRA
+# ---------------------------------------------------------------------------------------------------------------------
+def load_lora(model: Any, clip: Any, lora_name: str, strength_model: float, strength_clip: float) -> tuple[Any, Any]:
+    """Clones of MODEL and CLIP carrying the LoRA as patches (both strengths 0: the inputs, unchanged)."""
+    if strength_model == 0 and strength_clip == 0:
+        return model, clip
+    path = _full_path("loras", lora_name)
+    lora_sd = _cache().load_tensors(path, "lora")
+    return apply_lora(model, clip, lora_sd, strength_model, strength_clip, lora_name)
+
+
+def apply_lora(model: Any, clip: Any, lora_sd: dict[str, torch.Tensor], strength_model: float,
+               strength_clip: float, name: str = "") -> tuple[Any, Any]:
+    targets: dict[str, dict] = {}
+    if model is not None:
+        targets["unet"] = unet_targets(model.spec.unet, (n for n, _ in model.unet.named_parameters()))
+    if clip is not None:
+        targets.update(clip_lora_targets(clip))
+    found, _ = lora_patches_for(lora_sd, targets)
+    new_model, new_clip = model, clip
+    if model is not None and strength_model != 0:
+        new_model = model.clone()
+        if found.get("unet"):
+            new_model.add_patches(LoraPatch(found["unet"], float(strength_model), name))
+    if clip is not None and strength_clip != 0:
+        from ..models.clip_lora import clip_with_patches  # noqa: PLC0415
+
+        new_clip = clip_with_patches(clip, {r: w for r, w in found.items() if r != "unet"}, strength_clip, name)
+    return new_model, new_clip
+
+
+def _strength(tooltip: str | None = None) -> tuple[str, dict[str, Any]]:
+    spec: dict[str, Any] = {"default": 1.0, "min": -100.0, "max": 100.0, "step": 0.01}
+    if tooltip:
+        spec["tooltip"] = tooltip
+    return ("FLOAT", spec)
+
+
+class LoraLoader:
+    DESCRIPTION = ("Apply a LoRA file to a diffusion model and its text encoder, e.g. to add a style or subject. "
+                   "Chain several of these nodes to stack LoRAs.")
+    CATEGORY = "loaders"
+    RETURN_TYPES = ("MODEL", "CLIP")
+    OUTPUT_TOOLTIPS = ("The diffusion model with the LoRA applied.", "The text encoder with the LoRA applied.")
+    FUNCTION = "load_lora"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {"required": {
+            "model": ("MODEL", {"tooltip": "Diffusion model to patch."}),
+            "clip": ("CLIP", {"tooltip": "Text encoder to patch."}),
+            "lora_name": (_files("loras"), {"tooltip": "LoRA file to apply."}),
+            "strength_model": _strength("Scale of the change to the diffusion model; negative values invert it."),
+            "strength_clip": _strength("Scale of the change to the text encoder; negative values invert it."),
+        }}
+
+    def load_lora(self, model: Any, clip: Any, lora_name: str, strength_model: float, strength_clip: float):
+        return load_lora(model, clip, lora_name, strength_model, strength_clip)
+
+
+class LoraLoaderModelOnly:
+    DESCRIPTION = LoraLoader.DESCRIPTION
+    CATEGORY = "loaders"
+    RETURN_TYPES = ("MODEL",)
+    # ComfyUI inherits both tooltips from LoraLoader, so its object_info lists two for one output.
+    OUTPUT_TOOLTIPS = LoraLoader.OUTPUT_TOOLTIPS
+    FUNCTION = "load_lora_model_only"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {"required": {"model": ("MODEL",), "lora_name": (_files("loras"),), "strength_model": _strength()}}
+
+    def load_lora_model_only(self, model: Any, lora_name: str, strength_model: float) -> tuple[Any]:
+        return (load_lora(model, None, lora_name, strength_model, 0)[0],)
+
+
+NODE_CLASS_MAPPINGS = {
+    "CheckpointLoaderSimple": CheckpointLoaderSimple,
+    "CheckpointLoader": CheckpointLoader,
+    "UNETLoader": UNETLoader,
+    "VAELoader": VAELoader,
+    "CLIPLoader": CLIPLoader,
+    "DualCLIPLoader": DualCLIPLoader,
+    "LoraLoader": LoraLoader,
+    "LoraLoaderModelOnly": LoraLoaderModelOnly,
+}
+
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "CheckpointLoaderSimple": "Load Checkpoint",
+    "CheckpointLoader": "Load Checkpoint With Config (DEPRECATED)",
+    "UNETLoader": "Load Diffusion Model",
+    "VAELoader": "Load VAE",
+    "CLIPLoader": "Load CLIP",
+    "LoraLoader": "Load LoRA",
+}

@@ -1,0 +1,166 @@
+"""VAE nodes: images <-> latents, whole or in overlapping tiles, and inpainting encodes."""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from .. import context
+from ..errors import NodeExecutionError
+
+_INVALID_VAE = ("ERROR: VAE is invalid: None\n\nIf the VAE is from a checkpoint loader node your checkpoint does not "
+                "contain a valid VAE model.")
+
+
+def _check(vae: Any) -> None:
+    if vae is None:
+        raise NodeExecutionError(_INVALID_VAE)
+
+
+def _progress():
+    ctx = context.current_or_none()
+    return ctx.progress if ctx is not None else None
+
+
+class VAEDecode:
+    DESCRIPTION = "Turn latents into images with a VAE."
+    CATEGORY = "latent"
+    RETURN_TYPES = ("IMAGE",)
+    OUTPUT_TOOLTIPS = ("The image the latent decodes to.",)
+    FUNCTION = "decode"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {"required": {"samples": ("LATENT", {"tooltip": "Latent to decode."}),
+                             "vae": ("VAE", {"tooltip": "VAE to decode with."})}}
+
+    def decode(self, vae: Any, samples: dict[str, Any]) -> tuple[torch.Tensor]:
+        _check(vae)
+        latent = samples["samples"]
+        if latent.ndim == 5:  # video-style [B, C, T, h, w]: fold frames into the batch
+            latent = latent.movedim(2, 1).reshape(-1, latent.shape[1], *latent.shape[-2:])
+        return (vae.decode(latent, _progress()),)
+
+
+class VAEEncode:
+    CATEGORY = "latent"
+    RETURN_TYPES = ("LATENT",)
+    FUNCTION = "encode"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {"required": {"pixels": ("IMAGE",), "vae": ("VAE",)}}
+
+    def encode(self, vae: Any, pixels: torch.Tensor) -> tuple[dict[str, torch.Tensor]]:
+        _check(vae)
+        return ({"samples": vae.encode(pixels[:, :, :, :3], _progress())},)
+
+
+class VAEDecodeTiled:
+    CATEGORY = "_for_testing"
+    RETURN_TYPES = ("IMAGE",)
+    FUNCTION = "decode"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {"required": {
+            "samples": ("LATENT",), "vae": ("VAE",),
+            "tile_size": ("INT", {"default": 512, "min": 64, "max": 4096, "step": 32}),
+            "overlap": ("INT", {"default": 64, "min": 0, "max": 4096, "step": 32}),
+            "temporal_size": ("INT", {"default": 64, "min": 8, "max": 4096, "step": 4,
+                                      "tooltip": "Video VAEs only: frames per decoded chunk."}),
+            "temporal_overlap": ("INT", {"default": 8, "min": 4, "max": 4096, "step": 4,
+                                         "tooltip": "Video VAEs only: frames shared by neighbouring chunks."}),
+        }}
+
+    def decode(self, vae: Any, samples: dict[str, Any], tile_size: int, overlap: int = 64,
+               temporal_size: int = 64, temporal_overlap: int = 8) -> tuple[torch.Tensor]:
+        _check(vae)
+        if tile_size < overlap * 4:  # ComfyUI keeps the overlap at most a quarter of the tile
+            overlap = tile_size // 4
+        r = vae.downscale_ratio
+        return (vae.decode_tiled(samples["samples"], tile=tile_size // r, overlap=overlap // r, progress=_progress()),)
+
+
+class VAEEncodeTiled:
+    CATEGORY = "_for_testing"
+    RETURN_TYPES = ("LATENT",)
+    FUNCTION = "encode"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {"required": {
+            "pixels": ("IMAGE",), "vae": ("VAE",),
+            "tile_size": ("INT", {"default": 512, "min": 64, "max": 4096, "step": 64}),
+            "overlap": ("INT", {"default": 64, "min": 0, "max": 4096, "step": 32}),
+            "temporal_size": ("INT", {"default": 64, "min": 8, "max": 4096, "step": 4,
+                                      "tooltip": "Video VAEs only: frames per encoded chunk."}),
+            "temporal_overlap": ("INT", {"default": 8, "min": 4, "max": 4096, "step": 4,
+                                         "tooltip": "Video VAEs only: frames shared by neighbouring chunks."}),
+        }}
+
+    def encode(self, vae: Any, pixels: torch.Tensor, tile_size: int, overlap: int,
+               temporal_size: int = 64, temporal_overlap: int = 8) -> tuple[dict[str, torch.Tensor]]:
+        _check(vae)
+        return ({"samples": vae.encode_tiled(pixels[:, :, :, :3], tile=tile_size, overlap=overlap,
+                                             progress=_progress())},)
+
+
+def grow_mask(mask: torch.Tensor, by: int) -> torch.Tensor:
+    """Dilate a rounded [B,1,H,W] mask by a `by`x`by` box (sum > 0 -> 1)."""
+    if by == 0:
+        return mask
+    kernel = torch.ones((1, 1, by, by))
+    padding = math.ceil((by - 1) / 2)
+    return torch.clamp(F.conv2d(mask.round(), kernel, padding=padding), 0, 1)
+
+
+class VAEEncodeForInpaint:
+    CATEGORY = "latent/inpaint"
+    RETURN_TYPES = ("LATENT",)
+    FUNCTION = "encode"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {"required": {"pixels": ("IMAGE",), "vae": ("VAE",), "mask": ("MASK",),
+                             "grow_mask_by": ("INT", {"default": 6, "min": 0, "max": 64, "step": 1})}}
+
+    def encode(self, vae: Any, pixels: torch.Tensor, mask: torch.Tensor, grow_mask_by: int = 6):
+        """Masked pixels become mid-grey before encoding; the grown mask becomes the latent's noise_mask."""
+        _check(vae)
+        r = vae.downscale_ratio
+        h, w = (pixels.shape[1] // r) * r, (pixels.shape[2] // r) * r
+        mask = F.interpolate(mask.reshape((-1, 1, mask.shape[-2], mask.shape[-1])).float(),
+                             size=(pixels.shape[1], pixels.shape[2]), mode="bilinear")
+        pixels = pixels.clone()
+        if (pixels.shape[1], pixels.shape[2]) != (h, w):
+            oy, ox = (pixels.shape[1] % r) // 2, (pixels.shape[2] % r) // 2
+            pixels = pixels[:, oy:oy + h, ox:ox + w, :]
+            mask = mask[:, :, oy:oy + h, ox:ox + w]
+        grown = grow_mask(mask, grow_mask_by)
+        keep = (1.0 - mask.round()).squeeze(1)  # [B, H, W]
+        for c in range(3):
+            pixels[:, :, :, c] -= 0.5
+            pixels[:, :, :, c] *= keep
+            pixels[:, :, :, c] += 0.5
+        latent = vae.encode(pixels, _progress())
+        return ({"samples": latent, "noise_mask": grown[:, :, :h, :w].round()},)
+
+
+NODE_CLASS_MAPPINGS = {
+    "VAEDecode": VAEDecode,
+    "VAEEncode": VAEEncode,
+    "VAEEncodeForInpaint": VAEEncodeForInpaint,
+    "VAEDecodeTiled": VAEDecodeTiled,
+    "VAEEncodeTiled": VAEEncodeTiled,
+}
+
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "VAEDecode": "VAE Decode",
+    "VAEEncode": "VAE Encode",
+    "VAEEncodeForInpaint": "VAE Encode (for Inpainting)",
+    "VAEDecodeTiled": "VAE Decode (Tiled)",
+    "VAEEncodeTiled": "VAE Encode (Tiled)",
+}
