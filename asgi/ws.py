@@ -55,6 +55,8 @@ class _Client:
         self.wakeup = asyncio.Event()
         self.preview_metadata = False
         self.sender: asyncio.Task[None] | None = None
+        self.evicted = asyncio.Event()  # set when the hub disconnects this client for not reading
+        self.closing: asyncio.Task[None] | None = None  # that disconnect (close frame, at most 2 s)
         self.dropped = 0
 
 
@@ -94,6 +96,8 @@ class WebSocketHub:
         self._clients: dict[str, _Client] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._subscription: Any = None
+        self.dropped_messages = 0  # lossy messages not delivered to slow clients (all clients, since start)
+        self.evictions = 0  # clients disconnected for not reading
 
     # --- lifecycle -----------------------------------------------------------------------------------------------
 
@@ -154,11 +158,14 @@ class WebSocketHub:
         waiting = len(client.buffer)
         if lossy and waiting >= self.lossy_buffer:
             client.dropped += 1
+            self.dropped_messages += 1
             return
         if waiting >= self.max_buffer:
             log.warning("websocket client %s is not reading (%d messages waiting); disconnecting it", client.sid, waiting)
             self._forget(client)
-            asyncio.ensure_future(self._shutdown(client, CLOSE_TRY_AGAIN_LATER))
+            self.evictions += 1
+            client.closing = asyncio.ensure_future(self._shutdown(client, CLOSE_TRY_AGAIN_LATER))
+            client.evicted.set()
             return
         client.buffer.append(frame)
         client.wakeup.set()
@@ -166,14 +173,20 @@ class WebSocketHub:
     # --- one socket ----------------------------------------------------------------------------------------------
 
     async def serve(self, websocket: WebSocket) -> None:
-        """The whole life of one /ws connection."""
+        """The whole life of one /ws connection: until the peer leaves or the hub disconnects it."""
         sid = websocket.query_params.get("clientId") or uuid.uuid4().hex
         await websocket.accept()
         self.start()
         client = self._register(sid, websocket)
+        reader = asyncio.ensure_future(self._read(client))
+        evicted = asyncio.ensure_future(client.evicted.wait())
         try:
-            await self._read(client)
+            await asyncio.wait({reader, evicted}, return_when=asyncio.FIRST_COMPLETED)
+            if client.closing is not None:  # evicted: the close frame is on its way; stop serving this socket
+                await client.closing
         finally:
+            reader.cancel()
+            evicted.cancel()
             self._forget(client)
             if client.sender is not None:
                 client.sender.cancel()

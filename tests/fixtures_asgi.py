@@ -41,21 +41,22 @@ class AsgiSteps:
         return {"required": {"value": ("INT", {"default": 0, "min": 0, "max": 10**9}),
                              "steps": ("INT", {"default": 3, "min": 1, "max": 100000}),
                              "delay": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 10.0}),
-                             "preview_size": ("INT", {"default": 0, "min": 0, "max": 4096})}}
+                             "preview_size": ("INT", {"default": 0, "min": 0, "max": 4096}),
+                             "ui_bytes": ("INT", {"default": 0, "min": 0, "max": 10**8})}}
 
     RETURN_TYPES = ()
     FUNCTION = "run"
     OUTPUT_NODE = True
     CATEGORY = "test"
 
-    def run(self, value, steps, delay, preview_size):
+    def run(self, value, steps, delay, preview_size, ui_bytes):
         ctx = context.current()
         preview = noise_jpeg(preview_size, value) if preview_size else None
         for i in range(steps):
             if delay:
                 time.sleep(delay)
             ctx.progress(i + 1, steps, preview)
-        return {"ui": {"text": [str(value)]}}
+        return {"ui": {"text": [str(value) + "x" * ui_bytes]}}
 
 
 class AsgiFail:
@@ -117,9 +118,11 @@ def image_prompt(prefix: str = "asgi", width: int = 16, height: int = 8, color: 
     }
 
 
-def steps_prompt(value: int = 1, steps: int = 3, delay: float = 0.0, preview_size: int = 0) -> dict[str, Any]:
-    return {"1": {"class_type": "AsgiSteps",
-                  "inputs": {"value": value, "steps": steps, "delay": delay, "preview_size": preview_size}}}
+def steps_prompt(value: int = 1, steps: int = 3, delay: float = 0.0, preview_size: int = 0,
+                 ui_bytes: int = 0) -> dict[str, Any]:
+    """One AsgiSteps output node: `steps` progress events (+ previews), then UI text of about `ui_bytes` bytes."""
+    return {"1": {"class_type": "AsgiSteps", "inputs": {"value": value, "steps": steps, "delay": delay,
+                                                       "preview_size": preview_size, "ui_bytes": ui_bytes}}}
 
 
 def png_bytes(width: int = 8, height: int = 8, mode: str = "RGBA", color: Any = (10, 20, 30, 128), **text: str) -> bytes:
