@@ -19,6 +19,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .errors import ComfyCoreError
+
 Detector = Callable[[np.ndarray], np.ndarray]  # padded uint8 HxWx3 -> uint8 HxW or HxWx3 map
 
 # ------------------------------------------------------------------------------------------------ resampling weights
@@ -253,5 +255,6 @@ def common_annotator_call(annotate: Callable[[np.ndarray, int], np.ndarray], ima
         out[i] = result
         if progress is not None:
             progress(i + 1, images.shape[0])
-    assert out is not None, "empty image batch"
+    if out is None:
+        raise ComfyCoreError("the annotator got an empty image batch")
     return out

@@ -132,3 +132,51 @@ def guidance_test_image() -> "np.ndarray":
     img[40:50] = 50
     img[:, 100:] = (180, 90, 30)
     return (img + rng.integers(0, 30, img.shape)).clip(0, 255).astype(np.uint8)
+
+
+# ------------------------------------------------------------------------------------------------ ControlNet
+
+
+def tiny_unet_config(sdxl: bool = False):
+    """A two-level UNet config: SD1.5-style (conv proj, 8 heads, no ADM) or SDXL-style (linear proj, ADM y)."""
+    from comfy_core.models.unet import UNetConfig
+
+    return UNetConfig(
+        in_channels=4, out_channels=4, model_channels=32, channel_mult=(1, 2), num_res_blocks=(1, 1),
+        transformer_depth=(1, 1), transformer_depth_output=(1, 1, 1, 1), transformer_depth_middle=1,
+        context_dim=16, use_linear_in_transformer=sdxl, num_heads=8 if not sdxl else -1,
+        num_head_channels=-1 if not sdxl else 64, adm_in_channels=8 + 6 * 256 if sdxl else None,
+    )
+
+
+def _shapes_of(module_factory) -> dict[str, tuple[int, ...]]:
+    with torch.device("meta"):
+        module = module_factory()
+    return {k: tuple(v.shape) for k, v in module.state_dict().items()}
+
+
+def tiny_unet_sd(cfg, seed: int = 0) -> dict[str, torch.Tensor]:
+    from comfy_core.models.unet import UNetModel
+
+    return random_state_dict(_shapes_of(lambda: UNetModel(cfg)), seed)
+
+
+def tiny_controlnet_sd(cfg, seed: int = 1, prefix: str = "control_model.") -> dict[str, torch.Tensor]:
+    """A ControlNet in the LDM layout whose zero convs are NOT zero (so that its residuals show)."""
+    from comfy_core.models.controlnet import ControlNetModel
+
+    sd = random_state_dict(_shapes_of(lambda: ControlNetModel(cfg, 3)), seed)
+    return {prefix + k: v for k, v in sd.items()}
+
+
+def tiny_diffusion_model(cfg, seed: int = 0):
+    """A DiffusionModel around a random tiny UNet (family sd1 or sdxl by the config)."""
+    from comfy_core.models.detect import ModelSpec
+    from comfy_core.models.diffusion import DiffusionModel
+    from comfy_core.models.unet import UNetModel
+
+    with torch.device("meta"):
+        unet = UNetModel(cfg)
+    unet.load_state_dict(tiny_unet_sd(cfg, seed), assign=True)
+    family = "sdxl" if cfg.adm_in_channels else "sd1"
+    return DiffusionModel(unet.eval().requires_grad_(False), ModelSpec(family, cfg))

@@ -88,6 +88,14 @@ def openclip_to_hf(sd: Mapping[str, torch.Tensor], prefix: str = "visual.") -> d
     return out
 
 
+def find_vision_prefix(sd: Mapping[str, torch.Tensor]) -> str | None:
+    """Where a vision tower sits in a file: "" (vision files), "embedder.model." (SD2.1 unCLIP), or None."""
+    for prefix in ("", "embedder.model.", "conditioner.embedders.0.model."):
+        if prefix + "visual." + _OPENCLIP_MARKER in sd or prefix + "vision_model.embeddings.class_embedding" in sd:
+            return prefix
+    return None
+
+
 def to_hf_layout(sd: Mapping[str, torch.Tensor], prefix: str = "") -> dict[str, torch.Tensor]:
     """The HF-layout vision state dict of a file in either layout, under an optional outer prefix."""
     if prefix + "visual." + _OPENCLIP_MARKER in sd:
@@ -296,6 +304,9 @@ class ClipVisionModel:
 
     def get_sd(self) -> dict[str, torch.Tensor]:
         return self.model.state_dict()
+
+    def memory_bytes(self) -> int:
+        return sum(p.numel() * p.element_size() for p in self.model.parameters())
 
 
 def clip_vision_from_state_dict(sd: Mapping[str, torch.Tensor], prefix: str = "", *,

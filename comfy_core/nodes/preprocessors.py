@@ -1,0 +1,92 @@
+"""ControlNet preprocessors from comfyui_controlnet_aux, with that pack's node names, inputs and category.
+
+HEDPreprocessor and FakeScribblePreprocessor need `ControlNetHED.pth` in the annotators folder
+(`EngineConfig.annotators_dir`, default <models_dir>/annotators); ScribblePreprocessor needs no weights. Outputs are
+IMAGE batches at the detection size (short side = resolution), as the current pack returns them.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from .. import context, preprocessors
+from ..models.hed import HEDNetwork, find_hed_file, hed_detect, load_hed
+from .clip_vision import _cache, _device_dtype
+
+CATEGORY = "ControlNet Preprocessors/Line Extractors"
+MODULE = "custom_nodes.comfyui_controlnet_aux"  # what ComfyUI reports for these nodes
+
+
+def _resolution() -> tuple[str, dict[str, int]]:
+    return ("INT", {"default": 512, "min": 64, "max": 16384, "step": 64})
+
+
+def _safe() -> tuple[list[str], dict[str, str]]:
+    return (["enable", "disable"], {"default": "enable"})
+
+
+def _hed_network() -> HEDNetwork:
+    path = find_hed_file(context.current().folders)
+    device, _ = _device_dtype()
+    return _cache().get_custom(path, "hed", lambda: load_hed(path, device), device=device, dtype=torch.float32)
+
+
+def _progress(value: int, total: int) -> None:
+    context.current().progress(value, total)
+
+
+class HEDPreprocessor:
+    DESCRIPTION = "Soft edge map (HED) of an image, for soft-edge ControlNets."
+    CATEGORY = CATEGORY
+    RELATIVE_PYTHON_MODULE = MODULE
+    RETURN_TYPES = ("IMAGE",)
+    FUNCTION = "execute"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {"required": {"image": ("IMAGE",)}, "optional": {"safe": _safe(), "resolution": _resolution()}}
+
+    def execute(self, image: torch.Tensor, resolution: int = 512, safe: str = "enable", **_: Any) -> tuple:
+        net = _hed_network()
+        out = preprocessors.common_annotator_call(
+            lambda px, res: hed_detect(net, px, res, safe=safe == "enable"), image, resolution, _progress)
+        return (out,)
+
+
+class FakeScribblePreprocessor(HEDPreprocessor):
+    DESCRIPTION = "Thick binary scribble lines derived from the HED edge map (scribble_hed)."
+
+    def execute(self, image: torch.Tensor, resolution: int = 512, safe: str = "enable", **_: Any) -> tuple:
+        net = _hed_network()
+        out = preprocessors.common_annotator_call(
+            lambda px, res: hed_detect(net, px, res, safe=safe == "enable", scribble=True), image, resolution,
+            _progress)
+        return (out,)
+
+
+class ScribblePreprocessor:
+    DESCRIPTION = "Binary scribble map of a drawing: dark strokes stay black, everything else turns white."
+    CATEGORY = CATEGORY
+    RELATIVE_PYTHON_MODULE = MODULE
+    RETURN_TYPES = ("IMAGE",)
+    FUNCTION = "execute"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {"required": {"image": ("IMAGE",)}, "optional": {"resolution": _resolution()}}
+
+    def execute(self, image: torch.Tensor, resolution: int = 512, **_: Any) -> tuple:
+        return (preprocessors.common_annotator_call(preprocessors.scribble_detector, image, resolution, _progress),)
+
+
+NODE_CLASS_MAPPINGS = {
+    "HEDPreprocessor": HEDPreprocessor,
+    "FakeScribblePreprocessor": FakeScribblePreprocessor,
+    "ScribblePreprocessor": ScribblePreprocessor,
+}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "HEDPreprocessor": "HED Soft-Edge Lines",
+    "FakeScribblePreprocessor": "Fake Scribble Lines (aka scribble_hed)",
+    "ScribblePreprocessor": "Scribble Lines",
+}
