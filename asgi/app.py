@@ -99,4 +99,4 @@ def create_app(
     return app
 
 
-__all__ = ["create_app", "DEFAULT_MAX_BODY_BYTES", "DEFAULT_MAX_UPLOAD_BYTES"]
+__all__ = ["DEFAULT_MAX_BODY_BYTES", "DEFAULT_MAX_UPLOAD_BYTES", "create_app"]

@@ -37,7 +37,7 @@ async def post_prompt(request: Request) -> Response:
         lambda: _engine(request).submit(
             body.prompt,
             client_id=body.client_id,
-            extra_data=dict(body.extra_data),
+            extra_data=dict(body.extra_data or {}),
             prompt_id=None if body.prompt_id is None else str(body.prompt_id),
             number=body.number,
             front=bool(body.front),

@@ -19,7 +19,7 @@ class PromptRequest(msgspec.Struct):
 
     prompt: dict[str, Any] | None = None
     client_id: str | None = None
-    extra_data: dict[str, Any] = {}
+    extra_data: dict[str, Any] | None = None  # null is taken as {} (ComfyUI would fail with a 500)
     front: Any = False
     number: int | float | None = None
     prompt_id: str | int | float | None = None

@@ -6,11 +6,10 @@ import struct
 
 import msgspec
 import pytest
-from PIL import Image
-from starlette.testclient import TestClient
-
 from comfy_core.asgi import create_app
 from fixtures_asgi import Gate, image_prompt, make_engine, png_bytes, steps_prompt
+from PIL import Image
+from starlette.testclient import TestClient
 
 
 @pytest.fixture
@@ -38,10 +37,11 @@ def run_prompt(client, engine, prompt, **body):
 
 
 def test_prompt_history_view_round_trip(client, engine):
+    assert client.post("/prompt", json={"prompt": image_prompt("n"), "extra_data": None}).status_code == 200
     r = client.post("/prompt", json={"prompt": image_prompt(), "client_id": "c1", "extra_data": {"k": 1}})
     body = r.json()
     assert r.status_code == 200 and set(body) == {"prompt_id", "number", "node_errors"}
-    assert body["node_errors"] == {} and body["number"] == 0
+    assert body["node_errors"] == {} and body["number"] == 1
     assert engine.wait(body["prompt_id"], 30) is not None
     history = client.get(f"/history/{body['prompt_id']}").json()
     entry = history[body["prompt_id"]]

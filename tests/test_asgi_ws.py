@@ -14,12 +14,11 @@ import urllib.parse
 import urllib.request
 
 import pytest
+from comfy_core.asgi import create_app
+from fixtures_asgi import Gate, image_prompt, make_engine, running_server, steps_prompt
 from PIL import Image
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
-
-from comfy_core.asgi import create_app
-from fixtures_asgi import Gate, image_prompt, make_engine, running_server, steps_prompt
 
 
 def http_json(url, body=None):
@@ -57,12 +56,17 @@ def engine(tmp_path):
 
 
 @pytest.fixture
-def server(engine):
-    with running_server(create_app(engine, owns_engine=True)) as base:
+def app(engine):
+    return create_app(engine, owns_engine=True)
+
+
+@pytest.fixture
+def server(app):
+    with running_server(app) as base:
         yield base
 
 
-def test_documented_websocket_client_flow(server, engine):
+def test_documented_websocket_client_flow(server, engine, app):
     with connect(ws_url(server, "doc-client")) as ws:
         hello = json.loads(ws.recv(timeout=10))
         assert hello == {"type": "status", "data": {"status": {"exec_info": {"queue_remaining": 0}},
@@ -70,6 +74,11 @@ def test_documented_websocket_client_flow(server, engine):
         queued = http_json(server + "/prompt", {"prompt": image_prompt("ws"), "client_id": "doc-client"})
         prompt_id = queued["prompt_id"]
         messages = read_until_done(ws, prompt_id)
+        assert app.state.hub.client_ids == ["doc-client"]
+    deadline = time.monotonic() + 10
+    while app.state.hub.client_ids and time.monotonic() < deadline:  # a closed socket is forgotten
+        time.sleep(0.02)
+    assert app.state.hub.client_ids == []
     types = [t for t, _ in messages]
     assert types.index("execution_start") < types.index("executing") < types.index("executed") \
         < types.index("execution_success") < len(types) - 1
