@@ -27,7 +27,7 @@ Detector = Callable[[np.ndarray], np.ndarray]  # padded uint8 HxWx3 -> uint8 HxW
 
 
 def _area_down_weights(n_in: int, n_out: int) -> torch.Tensor:
-    """OpenCV INTER_AREA when shrinking: each output pixel averages the input span it covers, partial pixels weighted."""
+    """OpenCV INTER_AREA when shrinking: each output pixel averages the input span it covers (by overlap)."""
     scale = n_in / n_out
     w = torch.zeros(n_out, n_in, dtype=torch.float64)
     for i in range(n_out):

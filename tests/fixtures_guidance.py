@@ -122,7 +122,7 @@ def tiny_hed(seed: int = 0, widths: tuple[int, ...] = (4, 8, 8, 16, 16)) -> dict
     return sd
 
 
-def guidance_test_image() -> "np.ndarray":
+def guidance_test_image():
     """A 90x120 uint8 RGB test picture: a light box, a dark bar and mild noise (deterministic)."""
     import numpy as np
 

@@ -57,7 +57,8 @@ def test_detect_config_reads_shapes_and_names_variants():
     meta = {k: torch.empty(s, device="meta") for k, s in clip_vision_shapes(layers=48).items()}
     assert detect_config(meta).variant == "g"
     # ViT-L at 336 px: 24 x 24 patches of 14 + 1 = 577 positions
-    meta = {k: torch.empty(s, device="meta") for k, s in clip_vision_shapes(layers=24, patch=14, image_size=336).items()}
+    shapes = clip_vision_shapes(layers=24, patch=14, image_size=336)
+    meta = {k: torch.empty(s, device="meta") for k, s in shapes.items()}
     assert detect_config(meta).variant == "vitl_336" and detect_config(meta).image_size == 336
 
 
@@ -105,3 +106,11 @@ def test_incomplete_or_foreign_file_is_a_clear_error(tmp_path):
     save_file({"foo.weight": torch.zeros(2)}, str(tmp_path / "x.safetensors"))
     with pytest.raises(ModelLoadError, match="x.safetensors.*not a CLIP vision model"):
         load_clip_vision(str(tmp_path / "x.safetensors"))
+
+
+@pytest.mark.cuda
+def test_encode_on_cuda_fp16(refs):
+    model = clip_vision_from_state_dict(tiny_clip_vision(), device="cuda", dtype=torch.float16)
+    out = model.encode_image(refs["clip/image"])
+    assert out.image_embeds.device.type == "cpu" and out.image_embeds.dtype == torch.float32
+    assert torch.allclose(out.image_embeds, refs["clip/tiny3/image_embeds"], atol=3e-2)

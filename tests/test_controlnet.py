@@ -1,4 +1,4 @@
-"""ControlNet, control-LoRA and the guidance nodes: layouts, residual maths, windows, chaining, node behaviour, parity."""
+"""ControlNet, control-LoRA and the guidance nodes: layouts, residual maths, windows, chaining, nodes, parity."""
 from __future__ import annotations
 
 import json
@@ -23,7 +23,7 @@ from comfy_core.nodes import controlnet as cn_nodes
 from comfy_core.nodes import preprocessors as pre_nodes
 from comfy_core.nodes.registry import node_info
 from fixtures_guidance import (
-    random_state_dict, tiny_controlnet_sd, tiny_diffusion_model, tiny_unet_config, tiny_unet_sd,
+    random_state_dict, tiny_controlnet_sd, tiny_diffusion_model, tiny_unet_config,
 )
 
 DATA = Path(__file__).parent / "data"
@@ -286,6 +286,13 @@ def test_unclip_conditioning_appends():
     from comfy_core.models.adm import NoiseAugmentor, unclip_adm
     adm = unclip_adm(c1[0][1]["unclip_conditioning"], NoiseAugmentor(8), seed=0)
     assert adm.shape == (1, 16)
+    # level 0 of the squaredcos_cap_v2 schedule: abar_1 = cos²((1/1000 + .008)/1.008·π/2) / cos²(.008/1.008·π/2)
+    import math
+    abar = (math.cos((0.001 + 0.008) / 1.008 * math.pi / 2) / math.cos(0.008 / 1.008 * math.pi / 2)) ** 2
+    noise = torch.randn((1, 8), generator=torch.Generator().manual_seed(0))
+    expected = math.sqrt(abar) * torch.ones(1, 8) + math.sqrt(1 - abar) * noise
+    assert torch.allclose(adm[:, :8], expected, atol=1e-6)
+    assert adm[0, 8:].tolist() == [1.0] * 4 + [0.0] * 4  # cos/sin embedding of noise level 0
 
 
 def _engine_context(tmp_path) -> NodeContext:
@@ -326,12 +333,13 @@ def test_loader_and_preprocessor_nodes_in_an_engine_context(tmp_path, sd1):
 def test_object_info_parity():
     reference = json.loads((DATA / "guidance_object_info.json").read_text())["nodes"]
     modules = (cv_nodes, cn_nodes, pre_nodes)
-    ours = {n: node_info(n, c, m.NODE_DISPLAY_NAME_MAPPINGS[n]) for m in modules for n, c in m.NODE_CLASS_MAPPINGS.items()}
+    ours = {n: node_info(n, c, m.NODE_DISPLAY_NAME_MAPPINGS[n])
+            for m in modules for n, c in m.NODE_CLASS_MAPPINGS.items()}
     assert set(ours) == set(reference)
     for name, ref in reference.items():
         mine = dict(ours[name])
         ref = json.loads(json.dumps(ref))
-        mine.pop("description"), ref.pop("description")
+        assert mine["description"] == ref["description"] == ""  # ComfyUI has none for these nodes
         if name == "CLIPVisionEncode":  # the deliberate difference (spec/README.md): crop is optional, "center"
             crop = ref["input"]["required"].pop("crop")
             ref["input"]["optional"] = {"crop": [crop[0], {"default": "center"}]}
@@ -344,3 +352,19 @@ def test_object_info_parity():
                 if isinstance(spec[0], list) and spec[0] and spec[0][0].endswith(".safetensors"):
                     spec[0] = []
         assert json.loads(json.dumps(mine)) == ref, name
+
+
+@pytest.mark.cuda
+def test_controlnet_fp16_on_cuda_matches_cpu(sd1):
+    cfg, _, _ = sd1
+    sd = tiny_controlnet_sd(cfg)
+    cpu = controlnet_from_state_dict(sd, source="a.pth")
+    gpu = controlnet_from_state_dict(sd, source="a.pth", device="cuda", dtype=torch.float16)
+    hint = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    x = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    ref = _call(cpu.copy().set_cond_hint(hint, 1.0), x)
+    conds = {"context": (torch.ones(2, 5, 16) * 0.1).cuda()}
+    out = gpu.copy().set_cond_hint(hint, 1.0).get_control(x.cuda(), torch.full((2,), 3.0, device="cuda"), conds, [0, 1])
+    for a, b in zip(ref["output"] + ref["middle"], out["output"] + out["middle"]):
+        assert b.device.type == "cuda" and b.dtype == torch.float16
+        assert torch.allclose(a, b.float().cpu(), atol=2e-2, rtol=2e-2)

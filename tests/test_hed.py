@@ -99,3 +99,41 @@ def test_wrong_weights_are_refused(tmp_path):
     torch.save(sd, tmp_path / "ControlNetHED.pth")
     with pytest.raises(ModelLoadError, match="block3.convs.2.bias"):
         load_hed(tmp_path / "ControlNetHED.pth")
+
+
+@pytest.mark.cuda
+def test_hed_on_cuda_matches_cpu(net):
+    gpu = HEDNetwork.from_state_dict(tiny_hed()).to("cuda")
+    img = guidance_test_image()
+    a, b = hed_detect(net, img, 128), hed_detect(gpu, img, 128)
+    assert np.abs(a.astype(int) - b.astype(int)).max() <= 1
+
+
+def test_seed_workflow_preview_branches_run_in_an_engine(tmp_path):
+    """Nodes 34 -> 44 (HEDPreprocessor, safe only) -> 45 and 34 -> 47 (ScribblePreprocessor) -> 48 of the seed
+    workflow, plus its dangling node 43 (a HEDPreprocessor without an image, which must be ignored)."""
+    from PIL import Image
+
+    from comfy_core import Engine
+    cfg = EngineConfig(models_dir=str(tmp_path / "m"), input_dir=str(tmp_path / "i"), output_dir=str(tmp_path / "o"),
+                       temp_dir=str(tmp_path / "t"))
+    (tmp_path / "m" / "annotators").mkdir(parents=True)
+    torch.save(tiny_hed(), tmp_path / "m" / "annotators" / "ControlNetHED.pth")
+    (tmp_path / "i").mkdir()
+    Image.fromarray(guidance_test_image()).save(tmp_path / "i" / "pic.png")
+    prompt = {
+        "34": {"class_type": "LoadImage", "inputs": {"image": "pic.png"}},
+        "43": {"class_type": "HEDPreprocessor", "inputs": {"safe": "enable"}},
+        "44": {"class_type": "HEDPreprocessor", "inputs": {"safe": "enable", "image": ["34", 0]}},
+        "45": {"class_type": "PreviewImage", "inputs": {"images": ["44", 0]}},
+        "47": {"class_type": "ScribblePreprocessor", "inputs": {"image": ["34", 0]}},
+        "48": {"class_type": "PreviewImage", "inputs": {"images": ["47", 0]}},
+    }
+    with Engine(cfg) as engine:  # previews live in the temp folder, which closing the engine clears
+        result = engine.run(prompt, timeout=120)
+        for node in ("45", "48"):
+            (path,) = result.images[node]
+            with Image.open(path) as im:
+                assert im.size == (683, 512)  # short side = the default resolution 512
+                values = set(np.unique(np.asarray(im)))
+            assert values <= ({0, 127, 255} if node == "45" else {0, 255})

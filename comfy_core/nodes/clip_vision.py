@@ -54,7 +54,7 @@ def _vision_from_checkpoint(path: Path, device: torch.device, dtype: torch.dtype
 
 
 class CLIPVisionLoader:
-    DESCRIPTION = "Load a CLIP image encoder (ViT-L, ViT-H or ViT-bigG vision tower with its projection)."
+    """Load a CLIP image encoder (ViT-L, ViT-H or ViT-bigG vision tower with its projection)."""
     CATEGORY = "loaders"
     RETURN_TYPES = ("CLIP_VISION",)
     FUNCTION = "load_clip"
@@ -72,7 +72,7 @@ class CLIPVisionLoader:
 
 
 class CLIPVisionEncode:
-    DESCRIPTION = "Encode an image with a CLIP vision model into image embeddings and hidden states."
+    """Encode an image with a CLIP vision model into image embeddings and hidden states."""
     CATEGORY = "conditioning"
     RETURN_TYPES = ("CLIP_VISION_OUTPUT",)
     FUNCTION = "encode"
@@ -87,7 +87,7 @@ class CLIPVisionEncode:
 
 
 class unCLIPConditioning:  # noqa: N801 - ComfyUI's class name
-    DESCRIPTION = "Attach a CLIP image embedding to the conditioning (unCLIP models, SDXL revision)."
+    """Attach a CLIP image embedding to the conditioning (unCLIP models, SDXL revision)."""
     CATEGORY = "conditioning"
     RETURN_TYPES = ("CONDITIONING",)
     FUNCTION = "apply_adm"
@@ -116,7 +116,7 @@ class unCLIPConditioning:  # noqa: N801 - ComfyUI's class name
 
 
 class unCLIPCheckpointLoader:  # noqa: N801 - ComfyUI's class name
-    DESCRIPTION = "Load an unCLIP checkpoint: its model, text encoder, VAE and the CLIP vision tower stored with it."
+    """Load an unCLIP checkpoint: its model, text encoder, VAE and the CLIP vision tower stored with it."""
     CATEGORY = "loaders"
     RETURN_TYPES = ("MODEL", "CLIP", "VAE", "CLIP_VISION")
     FUNCTION = "load_checkpoint"

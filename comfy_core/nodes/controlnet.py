@@ -24,7 +24,7 @@ def _load(name: str, model: Any = None) -> ControlNet:
 
 
 class ControlNetLoader:
-    DESCRIPTION = "Load a ControlNet or a control-LoRA from the controlnet folder."
+    """Load a ControlNet or a control-LoRA from the controlnet folder."""
     CATEGORY = "loaders"
     RETURN_TYPES = ("CONTROL_NET",)
     FUNCTION = "load_controlnet"
@@ -38,7 +38,7 @@ class ControlNetLoader:
 
 
 class DiffControlNetLoader:
-    DESCRIPTION = "Load a ControlNet, adding the given model's weights when the file stores only differences."
+    """Load a ControlNet, adding the given model's weights when the file stores only differences."""
     CATEGORY = "loaders"
     RETURN_TYPES = ("CONTROL_NET",)
     FUNCTION = "load_controlnet"
@@ -52,7 +52,7 @@ class DiffControlNetLoader:
 
 
 class ControlNetApply:
-    DESCRIPTION = "Apply a ControlNet with a hint image to a conditioning (older node; also guides the negative)."
+    """Apply a ControlNet with a hint image to a conditioning (older node; also guides the negative)."""
     CATEGORY = "conditioning/controlnet"
     DEPRECATED = True
     RETURN_TYPES = ("CONDITIONING",)
@@ -82,7 +82,7 @@ class ControlNetApply:
 
 
 class ControlNetApplyAdvanced:
-    DESCRIPTION = "Apply a ControlNet to positive and negative conditioning over a window of the sampling steps."
+    """Apply a ControlNet to positive and negative conditioning over a window of the sampling steps."""
     CATEGORY = "conditioning/controlnet"
     RETURN_TYPES = ("CONDITIONING", "CONDITIONING")
     RETURN_NAMES = ("positive", "negative")

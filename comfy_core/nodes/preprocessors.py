@@ -37,7 +37,7 @@ def _progress(value: int, total: int) -> None:
 
 
 class HEDPreprocessor:
-    DESCRIPTION = "Soft edge map (HED) of an image, for soft-edge ControlNets."
+    """Soft edge map (HED) of an image, for soft-edge ControlNets."""
     CATEGORY = CATEGORY
     RELATIVE_PYTHON_MODULE = MODULE
     RETURN_TYPES = ("IMAGE",)
@@ -55,7 +55,7 @@ class HEDPreprocessor:
 
 
 class FakeScribblePreprocessor(HEDPreprocessor):
-    DESCRIPTION = "Thick binary scribble lines derived from the HED edge map (scribble_hed)."
+    """Thick binary scribble lines derived from the HED edge map (scribble_hed)."""
 
     def execute(self, image: torch.Tensor, resolution: int = 512, safe: str = "enable", **_: Any) -> tuple:
         net = _hed_network()
@@ -66,7 +66,7 @@ class FakeScribblePreprocessor(HEDPreprocessor):
 
 
 class ScribblePreprocessor:
-    DESCRIPTION = "Binary scribble map of a drawing: dark strokes stay black, everything else turns white."
+    """Binary scribble map of a drawing: dark strokes stay black, everything else turns white."""
     CATEGORY = CATEGORY
     RELATIVE_PYTHON_MODULE = MODULE
     RETURN_TYPES = ("IMAGE",)
