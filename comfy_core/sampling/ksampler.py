@@ -36,6 +36,36 @@ def reshape_mask(mask: torch.Tensor, shape: torch.Size) -> torch.Tensor:
     return mask[: shape[0]]
 
 
+def controls_of(*cond_lists: list) -> list:
+    """Every distinct control object attached to the conditioning entries (identity, not equality)."""
+    found: list = []
+    for conds in cond_lists:
+        for _, extras in conds:
+            control = extras.get("control")
+            if control is not None and all(control is not c for c in found):
+                found.append(control)
+    return found
+
+
+def share_control_with_uncond(positive: list, negative: list) -> list:
+    """ComfyUI's apply_empty_x_to_equal_area for "control": when no full-frame negative entry has a ControlNet,
+    the full-frame positive entries flagged `control_apply_to_uncond` lend theirs to the negative entries without."""
+    def full_frame(conds, with_control):
+        return [(i, extras) for i, (_, extras) in enumerate(conds)
+                if "area" not in extras and (extras.get("control") is not None) == with_control]
+
+    lenders = [extras["control"] for _, extras in full_frame(positive, True)
+               if extras.get("control_apply_to_uncond", False)]
+    takers = full_frame(negative, False)
+    if full_frame(negative, True) or not lenders or not takers:
+        return negative
+    negative = list(negative)
+    for n, control in enumerate(lenders):  # as ComfyUI: more lenders than takers overwrite in turn
+        index, extras = takers[n % len(takers)]
+        negative[index] = [negative[index][0], {**extras, "control": control}]
+    return negative
+
+
 def step_sigmas(model, sampler_name: str, scheduler: str, steps: int, denoise: float,
                 start_step: int | None, last_step: int | None, force_full_denoise: bool) -> torch.Tensor:
     """The sigma schedule after KSamplerAdvanced's start/end truncation."""
@@ -73,6 +103,19 @@ def sample_latent(model, latent: dict[str, Any], positive: list, negative: list,
 def run_sampler(model, noise: torch.Tensor, sigmas: torch.Tensor, positive: list, negative: list, cfg: float,
                 sampler_name: str, latent_image: torch.Tensor, noise_mask: torch.Tensor | None, seed: int,
                 on_step: StepCallback | None) -> torch.Tensor:
+    negative = share_control_with_uncond(positive, negative)
+    controls = controls_of(positive, negative)
+    for control in controls:
+        control.pre_run(model, model.model_sampling.percent_to_sigma)
+    try:
+        return _sample(model, noise, sigmas, positive, negative, cfg, sampler_name, latent_image, noise_mask, seed,
+                       on_step)
+    finally:
+        for control in controls:
+            control.cleanup()
+
+
+def _sample(model, noise, sigmas, positive, negative, cfg, sampler_name, latent_image, noise_mask, seed, on_step):
     device = model.device
     if torch.count_nonzero(latent_image) > 0:  # an empty latent is not shifted
         latent_image = model.process_latent_in(latent_image)
