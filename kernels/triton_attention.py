@@ -49,7 +49,7 @@ def _flash_attn_fwd(
     H, SEQ_Q, SEQ_KV, qk_scale,
     Q_BUCKET, KV_BUCKET,  # autotune keys only (sequence lengths rounded up to powers of two)
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-    DOT_FP32: tl.constexpr,
+    DOT_FP32: tl.constexpr, ALIGN: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)  # batch*heads in the grid
@@ -60,10 +60,13 @@ def _flash_attn_fwd(
     offs_d = tl.arange(0, BLOCK_D)
     d_ok = offs_d < HEAD_DIM  # padding of D to a power of two (all true, folded away, when D == BLOCK_D)
 
-    q_ptrs = Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd
+    # ALIGN: every row starts on a 16-byte boundary (checked by the launcher). Triton cannot infer it when a stride
+    # is not a multiple of 16 elements (D = 40: stride 40), and without it loads are neither vectorised nor async.
+    q_rows = tl.multiple_of(b * stride_qb + h * stride_qh + offs_m * stride_qm, ALIGN)
+    q_ptrs = Q + q_rows[:, None] + offs_d[None, :] * stride_qd
     q = tl.load(q_ptrs, mask=(offs_m[:, None] < SEQ_Q) & d_ok[None, :], other=0.0)  # [BLOCK_M, BLOCK_D]
-    k_base = K + b * stride_kb + h * stride_kh
-    v_base = V + b * stride_vb + h * stride_vh
+    k_head = b * stride_kb + h * stride_kh
+    v_head = b * stride_vb + h * stride_vh
 
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)  # running row max (log2 domain)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)  # running row sum of exp2
@@ -71,8 +74,10 @@ def _flash_attn_fwd(
     for start_n in range(0, SEQ_KV, BLOCK_N):
         n = start_n + offs_n
         n_ok = n < SEQ_KV
-        kt = tl.load(k_base + n[None, :] * stride_kn + offs_d[:, None] * stride_kd,
-                     mask=n_ok[None, :] & d_ok[:, None], other=0.0)  # [BLOCK_D, BLOCK_N]
+        k_rows = tl.multiple_of(k_head + n * stride_kn, ALIGN)
+        v_rows = tl.multiple_of(v_head + n * stride_vn, ALIGN)
+        kt = tl.trans(tl.load(K + k_rows[:, None] + offs_d[None, :] * stride_kd,
+                              mask=n_ok[:, None] & d_ok[None, :], other=0.0))  # [BLOCK_D, BLOCK_N]
         if DOT_FP32:  # fp32 inputs, and bf16 under the interpreter (its bf16 dot is wrong)
             qk = tl.dot(q.to(tl.float32), kt.to(tl.float32), input_precision="ieee")
         else:
@@ -84,7 +89,7 @@ def _flash_attn_fwd(
         alpha = tl.math.exp2(m_i - m_new)
         l_i = l_i * alpha + tl.sum(p, 1)
         acc = acc * alpha[:, None]
-        v = tl.load(v_base + n[:, None] * stride_vn + offs_d[None, :] * stride_vd,
+        v = tl.load(V + v_rows[:, None] + offs_d[None, :] * stride_vd,
                     mask=n_ok[:, None] & d_ok[None, :], other=0.0)  # [BLOCK_N, BLOCK_D]
         if DOT_FP32:
             acc += tl.dot(p, v.to(tl.float32), input_precision="ieee")
@@ -93,7 +98,8 @@ def _flash_attn_fwd(
         m_i = m_new
 
     out = acc / l_i[:, None]
-    o_ptrs = O + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_om + offs_d[None, :] * stride_od
+    o_rows = tl.multiple_of(b * stride_ob + h * stride_oh + offs_m * stride_om, ALIGN)
+    o_ptrs = O + o_rows[:, None] + offs_d[None, :] * stride_od
     tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=(offs_m[:, None] < SEQ_Q) & d_ok[None, :])
 
 
@@ -141,6 +147,14 @@ def check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
         raise ComfyCoreError("Triton kernels take CPU tensors only under TRITON_INTERPRET=1 (set before import)")
 
 
+def _row_alignment(*tensors: torch.Tensor) -> int:
+    """Elements per 16 bytes when every stride but the last is a multiple of it (rows start 16-byte aligned
+    relative to the base pointer), else 1. The kernel passes it to tl.multiple_of, so it must be true."""
+    per_16_bytes = 16 // tensors[0].element_size()
+    ok = all(st % per_16_bytes == 0 for t in tensors for st in t.stride()[:-1])
+    return per_16_bytes if ok else 1
+
+
 def flash_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None,
     *, config: tuple[int, int, int, int] | None = None,
@@ -158,14 +172,15 @@ def flash_attention(
     block_d = max(triton.next_power_of_2(head_dim), MIN_HEAD_DIM)
     # fp32 dots for fp32 inputs (exact "ieee" products), and for bf16 under the interpreter (its bf16 dot is wrong)
     dot_fp32 = q.dtype == torch.float32 or (INTERPRETED and q.dtype == torch.bfloat16)
+    align = _row_alignment(q, k, v, out)
     args = (q, k, v, out, *q.stride(), *k.stride(), *v.stride(), *out.stride(),
             heads, seq_q, seq_kv, scale * LOG2E, triton.next_power_of_2(seq_q), triton.next_power_of_2(seq_kv))
     if config is None and not INTERPRETED:
         grid = lambda meta: (triton.cdiv(seq_q, meta["BLOCK_M"]), batch * heads)  # noqa: E731
-        _flash_attn_fwd_tuned[grid](*args, HEAD_DIM=head_dim, BLOCK_D=block_d, DOT_FP32=dot_fp32)
+        _flash_attn_fwd_tuned[grid](*args, HEAD_DIM=head_dim, BLOCK_D=block_d, DOT_FP32=dot_fp32, ALIGN=align)
         return out
     block_m, block_n, num_warps, num_stages = config or INTERPRETER_CONFIG
     grid = (triton.cdiv(seq_q, block_m), batch * heads)
     _flash_attn_fwd[grid](*args, HEAD_DIM=head_dim, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d,
-                          DOT_FP32=dot_fp32, num_warps=num_warps, num_stages=num_stages)
+                          DOT_FP32=dot_fp32, ALIGN=align, num_warps=num_warps, num_stages=num_stages)
     return out

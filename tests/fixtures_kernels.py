@@ -181,6 +181,59 @@ def _step_results() -> dict:
     return out
 
 
+HOPPER = ("cuda", 90, 32)  # H100/H200: the GPUs the CUDA path is written for
+HOPPER_MAX_SHARED = 232448  # bytes of shared memory one block may use on sm_90
+
+
+def compile_for_gpu(kernel, values: dict, constexprs: dict, num_warps: int, num_stages: int, target=HOPPER) -> dict:
+    """Compile a @triton.jit kernel ahead of time for a GPU that is not here (ptxas ships with Triton).
+
+    `values` holds the runtime value of every non-constexpr argument (tensors as torch tensors); they are
+    specialised the way Triton's launcher does (ints == 1 become constants, multiples of 16 get a divisibility
+    hint, 16-byte-aligned pointers too), so the code is what a launch with those values would compile.
+    Returns shared memory bytes, registers and spill (stack) bytes per thread, and the PTX.
+    """
+    import re
+    import tempfile
+
+    import triton
+    from triton.backends.compiler import BaseBackend, GPUTarget
+    from triton.runtime.jit import native_specialize_impl
+
+    signature, constants, attrs = {}, dict(constexprs), {}
+    for i, name in enumerate(kernel.arg_names):
+        if name in constexprs:
+            signature[name] = "constexpr"
+            continue
+        value, param = values[name], kernel.params[i]
+        if isinstance(value, torch.Tensor):
+            signature[name] = "*" + {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}[value.dtype]
+            attrs[(i,)] = [["tt.divisibility", 16]]  # the caching allocator returns 256-byte-aligned blocks
+            continue
+        kind, spec = native_specialize_impl(BaseBackend, value, False, not param.do_not_specialize, True)
+        if kind == "constexpr":
+            signature[name], constants[name] = "constexpr", spec
+        else:
+            signature[name] = kind
+            if spec == "D":
+                attrs[(i,)] = [["tt.divisibility", 16]]
+    src = triton.compiler.ASTSource(fn=kernel, signature=signature, constexprs=constants, attrs=attrs)
+    compiled = triton.compile(src, target=GPUTarget(*target), options={"num_warps": num_warps,
+                                                                        "num_stages": num_stages})
+    out = {"shared": compiled.metadata.shared, "ptx": compiled.asm["ptx"], "regs": None, "stack": None}
+    cuobjdump = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    if cuobjdump.exists():
+        with tempfile.TemporaryDirectory() as tmp:
+            cubin = Path(tmp) / "k.cubin"
+            cubin.write_bytes(compiled.asm["cubin"])
+            usage = subprocess.run([str(cuobjdump), "--dump-resource-usage", str(cubin)], capture_output=True,
+                                   text=True).stdout
+        found = re.search(r"REG:(\d+) STACK:(\d+)", usage)
+        if found:
+            out["regs"], out["stack"] = int(found.group(1)), int(found.group(2))
+    return out
+
+
 def run_interpreter_worker(kind: str, timeout: float = 300.0) -> dict:
     """Run this file under TRITON_INTERPRET=1 in a fresh interpreter and return its JSON results."""
     env = {**os.environ, "TRITON_INTERPRET": "1", "COMFY_CORE_ATTENTION": "", "COMFY_CORE_SAMPLER_STEP": ""}

@@ -12,7 +12,8 @@ import torch
 from comfy_core.errors import ComfyCoreError
 from comfy_core.kernels import attention as A
 from comfy_core.kernels._triton import triton_available
-from fixtures_kernels import ATTENTION_CASES, DTYPES, attention_inputs, run_interpreter_worker
+from fixtures_kernels import (ATTENTION_CASES, DTYPES, HOPPER_MAX_SHARED, attention_inputs, compile_for_gpu,
+                              run_interpreter_worker)
 
 needs_triton = pytest.mark.skipif(not triton_available(), reason="triton is not installed (optional extra [cuda])")
 # max |triton - fp32 reference| allowed, relative to max(1, |reference|): output rounding of each dtype, plus for
@@ -172,6 +173,70 @@ def test_kernels_work_without_triton_and_never_touch_cuda(tmp_path):
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip().endswith("ok")
+
+
+# --- ahead-of-time compile for Hopper (sm_90) on this CPU machine: the CUDA path builds and fits -------------------
+
+def _attention_compile_args(dtype: str, head_dim: int, seq_q: int, seq_kv: int, align: int | None = None):
+    """Runtime argument values of one launch (meta tensors: only dtype and strides matter) + derived constexprs."""
+    import triton
+
+    from comfy_core.kernels import triton_attention as TA
+
+    if TA.INTERPRETED:
+        pytest.skip("kernel module was imported under TRITON_INTERPRET=1")
+    q = torch.empty(2, 8, seq_q, head_dim, dtype=DTYPES[dtype], device="meta")
+    k = torch.empty(2, 8, seq_kv, head_dim, dtype=DTYPES[dtype], device="meta")
+    names = TA._flash_attn_fwd.arg_names
+    values = dict(zip(names, (q, k, k, q, *q.stride(), *k.stride(), *k.stride(), *q.stride(), 8, seq_q, seq_kv,
+                              0.1, triton.next_power_of_2(seq_q), triton.next_power_of_2(seq_kv))))
+    block_d = triton.next_power_of_2(head_dim)
+    const = {"HEAD_DIM": head_dim, "BLOCK_D": block_d, "DOT_FP32": dtype == "fp32",
+             "ALIGN": TA._row_alignment(q, k, k, q) if align is None else align}
+    kept = TA._prune(TA._cuda_configs(), {"SEQ_Q": seq_q, "SEQ_KV": seq_kv}, BLOCK_D=block_d)
+    return TA, values, const, kept
+
+
+@pytest.mark.slow
+@needs_triton
+@pytest.mark.parametrize("dtype, head_dim, every_config", [
+    ("fp16", 40, True), ("fp16", 160, True), ("fp16", 64, False), ("fp16", 80, False), ("fp16", 128, False),
+    ("bf16", 80, False), ("fp32", 40, False),
+])
+def test_attention_kernel_compiles_for_hopper(dtype, head_dim, every_config):
+    """Every config the autotuner may try at SD shapes compiles for sm_90, fits shared memory, and (fp16/bf16)
+    uses Hopper's wgmma; the smallest tile never spills registers (fp16/bf16)."""
+    TA, values, const, kept = _attention_compile_args(dtype, head_dim, 4096, 4096)
+    configs = kept if every_config else kept[-1:]
+    for cfg in configs:
+        res = compile_for_gpu(TA._flash_attn_fwd, values, {**const, **cfg.kwargs}, cfg.num_warps, cfg.num_stages)
+        assert res["shared"] <= HOPPER_MAX_SHARED, (cfg, res["shared"])
+        if dtype != "fp32":
+            assert "wgmma.mma_async" in res["ptx"], cfg
+    small = min(kept, key=lambda c: c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"])
+    res = compile_for_gpu(TA._flash_attn_fwd, values, {**const, **small.kwargs}, small.num_warps, small.num_stages)
+    if res["stack"] is not None and dtype != "fp32":  # fp32 "ieee" dots run on FMA units: slow path, may spill
+        assert res["stack"] == 0, (small.kwargs, res["regs"], res["stack"])
+
+
+@needs_triton
+def test_attention_alignment_hint_is_only_claimed_when_true():
+    from comfy_core.kernels import triton_attention as TA
+
+    q = torch.empty(2, 8, 77, 40, dtype=torch.float16, device="meta")
+    assert TA._row_alignment(q, q, q, q) == 8  # fp16: 8 elements = 16 bytes; every stride a multiple of 8
+    odd = torch.empty(2, 8, 77, 41, dtype=torch.float16, device="meta")[..., :40]  # row stride 41
+    assert TA._row_alignment(q, odd, odd, q) == 1
+    assert TA._row_alignment(q.float(), q.float(), q.float(), q.float()) == 4
+
+
+@pytest.mark.slow
+@needs_triton
+def test_attention_kernel_compiles_unaligned_cross_attention_for_hopper():
+    TA, values, const, kept = _attention_compile_args("fp16", 40, 4096, 77, align=1)
+    cfg = kept[-1]
+    res = compile_for_gpu(TA._flash_attn_fwd, values, {**const, **cfg.kwargs}, cfg.num_warps, cfg.num_stages)
+    assert res["shared"] <= HOPPER_MAX_SHARED and "wgmma.mma_async" in res["ptx"]
 
 
 # --- CUDA: the compiled kernel (autotuned) against the fp32 reference, SD shapes at full size -----------------------

@@ -9,8 +9,8 @@ import torch
 from comfy_core.errors import ComfyCoreError
 from comfy_core.kernels import sampler_step as S
 from comfy_core.kernels._triton import triton_available
-from fixtures_kernels import (DTYPES, STEP_CASES, TOY_SAMPLERS, load_sampler_refs, run_interpreter_worker,
-                              run_step, sample_toy, step_inputs)
+from fixtures_kernels import (DTYPES, HOPPER_MAX_SHARED, STEP_CASES, TOY_SAMPLERS, compile_for_gpu,
+                              load_sampler_refs, run_interpreter_worker, run_step, sample_toy, step_inputs)
 
 needs_triton = pytest.mark.skipif(not triton_available(), reason="triton is not installed (optional extra [cuda])")
 # relative to max(1, |reference|): fp32 exact up to op order; fp16/bf16 one rounding of the same fp32 value, which
@@ -145,6 +145,32 @@ def test_triton_step_matches_torch_interpreted(interpreter_results, case, dtype)
 def test_triton_steps_reproduce_comfyui_interpreted(interpreter_results, key):
     res = interpreter_results[f"comfyui-{key}"]
     assert res["err"] <= 1e-6 * res["ref_max"], res
+
+
+# --- ahead-of-time compile for Hopper (sm_90): the CUDA kernels build, vectorised, without spills -----------------
+
+@needs_triton
+@pytest.mark.parametrize("dtype", ["fp16", "bf16", "fp32"])
+@pytest.mark.parametrize("kernel", ["euler", "dpmpp_2m"])
+def test_step_kernels_compile_for_hopper(kernel, dtype):
+    from comfy_core.kernels import triton_sampler_step as TS
+
+    if TS.INTERPRETED:
+        pytest.skip("kernel module was imported under TRITON_INTERPRET=1")
+    t = torch.empty(2, 4, 128, 128, dtype=DTYPES[dtype], device="meta")
+    if kernel == "euler":
+        fn, tensors, scalars = TS._cfg_euler_kernel, "X COND UNCOND NOISE OUT DEN", "cfg sigma dt noise_scale s_noise"
+        flags = {"HAS_UNCOND": True, "HAS_NOISE": True, "RETURN_DENOISED": False, "WRITE_DENOISED": True}
+    else:
+        fn, tensors, scalars = TS._cfg_dpmpp_2m_kernel, "X COND UNCOND OLD OUT DEN", "cfg ratio expm1_neg_h c_den c_old"
+        flags = {"HAS_UNCOND": True, "HAS_OLD": True, "WRITE_DENOISED": True}
+    values = {**{n: t for n in tensors.split()}, **{n: 0.5 for n in scalars.split()}, "N": t.numel()}
+    res = compile_for_gpu(fn, values, {**flags, "BLOCK": TS.BLOCK}, TS.NUM_WARPS, 1)
+    assert res["shared"] <= HOPPER_MAX_SHARED
+    # 16-byte vector loads and stores (N % 16 == 0 here; a ragged N falls back to scalar accesses)
+    assert "ld.global.v4.b32" in res["ptx"] and "st.global.v4.b32" in res["ptx"]
+    if res["stack"] is not None:
+        assert res["stack"] == 0
 
 
 # --- CUDA -----------------------------------------------------------------------------------------------------------
