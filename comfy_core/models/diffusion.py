@@ -154,7 +154,7 @@ class DiffusionModel:
             out["c_concat"] = self.concat_cond(**kw)
         y = self.encode_adm(**kw)
         if y is not None:
-            out["y"] = y
+            out["y"] = repeat_to_batch(y, noise.shape[0])
         return out
 
     def encode_adm(self, **kw: Any) -> torch.Tensor | None:
@@ -220,6 +220,16 @@ def resize_center(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         cut = round((h - h * (old / new)) / 2)
         x = x[..., cut:h - cut, :]
     return F.interpolate(x, size=(th, tw), mode="bilinear")
+
+
+def repeat_to_batch(x: torch.Tensor, batch: int) -> torch.Tensor:
+    """Tile (or cut) rows to `batch` (a per-prompt vector for every latent in the batch)."""
+    n = x.shape[0]
+    if n > batch:
+        return x[:batch]
+    if n < batch:
+        return x.repeat((math.ceil(batch / n),) + (1,) * (x.ndim - 1))[:batch]
+    return x
 
 
 def resize_to_batch(x: torch.Tensor, batch: int) -> torch.Tensor:

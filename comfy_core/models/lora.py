@@ -121,12 +121,22 @@ class PatchState:
 
 
 @contextmanager
-def patched(module: torch.nn.Module, patches: tuple[LoraPatch, ...]) -> Iterator[torch.nn.Module]:
-    """Hold the module's lock with `patches` applied (the usual wrapper around a forward pass)."""
+def patched(module: torch.nn.Module, patches: tuple[LoraPatch, ...], *, restore_after: bool = False
+            ) -> Iterator[torch.nn.Module]:
+    """Hold the module's lock with `patches` applied (the usual wrapper around a forward pass).
+
+    With `restore_after` the original weights are back when the block ends (for modules that other code may run
+    without going through `patched`, like the text encoders); otherwise they stay patched until someone needs
+    different patches, so a sampler patches once per run, not once per step.
+    """
     state = PatchState.of(module)
     with state.lock:
         state.ensure(module, patches)
-        yield module
+        try:
+            yield module
+        finally:
+            if restore_after and patches:
+                state.restore(module)
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -305,9 +315,10 @@ def clip_lora_targets(clip) -> dict[str, dict[str, Target]]:
 
 @contextmanager
 def clip_patched(clip) -> Iterator[None]:
-    """Hold every text encoder of `clip` locked with the CLIP's patches (by role) applied."""
+    """Hold every text encoder of `clip` locked with the CLIP's patches (by role) applied, restored afterwards
+    (plain CLIP objects sharing the modules encode without going through here)."""
     with contextlib.ExitStack() as stack:
         for role, module in clip.modules().items():
             mine = tuple(p for p in getattr(clip, "patches", ()) if p.target == role)
-            stack.enter_context(patched(module, mine))
+            stack.enter_context(patched(module, mine, restore_after=True))
         yield

@@ -210,6 +210,9 @@ def load_lora(model: Any, clip: Any, lora_name: str, strength_model: float, stre
 
 def apply_lora(model: Any, clip: Any, lora_sd: dict[str, torch.Tensor], strength_model: float,
                strength_clip: float, name: str = "") -> tuple[Any, Any]:
+    """MODEL/CLIP clones with `lora_sd` as patches; a side whose strength is 0 is returned as it is."""
+    if strength_model == 0 and strength_clip == 0:
+        return model, clip
     targets: dict[str, dict] = {}
     if model is not None:
         targets["unet"] = unet_targets(model.spec.unet, (n for n, _ in model.unet.named_parameters()))
