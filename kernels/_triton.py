@@ -5,6 +5,7 @@ imports one of the `triton_*` kernel modules, so the package imports and runs it
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
 import os
@@ -44,3 +45,8 @@ def can_launch_on(device: torch.device) -> bool:
     if not triton_available():
         return False
     return device.type == "cuda" or (device.type == "cpu" and triton_interpreting())
+
+
+def launch_device(tensor: torch.Tensor) -> contextlib.AbstractContextManager:
+    """Make the tensor's GPU current while launching: Triton launches on the current device, not the tensor's."""
+    return torch.cuda.device(tensor.device) if tensor.device.type == "cuda" else contextlib.nullcontext()

@@ -71,7 +71,8 @@ def select_backend(
     if requested not in ("auto", "triton"):
         return requested
     shapes_ok = (TRITON_HEAD_DIMS[0] <= head_dim <= TRITON_HEAD_DIMS[1] and seq_q > 0 and seq_kv > 0
-                 and 0 < batch_heads <= TRITON_MAX_BATCH_HEADS)
+                 and 0 < batch_heads <= TRITON_MAX_BATCH_HEADS
+                 and batch_heads * max(seq_q, seq_kv) * head_dim < 2**31)  # the kernel's offsets are int32
     if not (triton_available and shapes_ok):
         return "sdpa"
     if requested == "auto":

@@ -25,7 +25,7 @@ import triton.language as tl
 
 from comfy_core.errors import ComfyCoreError
 
-from ._triton import module_interpreted
+from ._triton import launch_device, module_interpreted
 
 # True when this module was imported under TRITON_INTERPRET=1: the kernel then runs on CPU tensors (numpy).
 INTERPRETED: bool = module_interpreted(triton)
@@ -175,12 +175,14 @@ def flash_attention(
     align = _row_alignment(q, k, v, out)
     args = (q, k, v, out, *q.stride(), *k.stride(), *v.stride(), *out.stride(),
             heads, seq_q, seq_kv, scale * LOG2E, triton.next_power_of_2(seq_q), triton.next_power_of_2(seq_kv))
-    if config is None and not INTERPRETED:
-        grid = lambda meta: (triton.cdiv(seq_q, meta["BLOCK_M"]), batch * heads)  # noqa: E731
-        _flash_attn_fwd_tuned[grid](*args, HEAD_DIM=head_dim, BLOCK_D=block_d, DOT_FP32=dot_fp32, ALIGN=align)
-        return out
-    block_m, block_n, num_warps, num_stages = config or INTERPRETER_CONFIG
-    grid = (triton.cdiv(seq_q, block_m), batch * heads)
-    _flash_attn_fwd[grid](*args, HEAD_DIM=head_dim, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d,
-                          DOT_FP32=dot_fp32, ALIGN=align, num_warps=num_warps, num_stages=num_stages)
+    constexprs = {"HEAD_DIM": head_dim, "BLOCK_D": block_d, "DOT_FP32": dot_fp32, "ALIGN": align}
+    with launch_device(q):
+        if config is None and not INTERPRETED:
+            grid = lambda meta: (triton.cdiv(seq_q, meta["BLOCK_M"]), batch * heads)  # noqa: E731
+            _flash_attn_fwd_tuned[grid](*args, **constexprs)
+            return out
+        block_m, block_n, num_warps, num_stages = config or INTERPRETER_CONFIG
+        grid = (triton.cdiv(seq_q, block_m), batch * heads)
+        _flash_attn_fwd[grid](*args, **constexprs, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=num_warps,
+                              num_stages=num_stages)
     return out

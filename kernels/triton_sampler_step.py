@@ -14,7 +14,7 @@ import triton.language as tl
 
 from comfy_core.errors import ComfyCoreError
 
-from ._triton import module_interpreted
+from ._triton import launch_device, module_interpreted
 
 INTERPRETED: bool = module_interpreted(triton)
 BLOCK = 1024
@@ -95,12 +95,13 @@ def cfg_euler(
     out = torch.empty_like(x)
     den = torch.empty_like(x) if write_denoised else out  # DEN unused when not written
     grid = (triton.cdiv(n, BLOCK),)
-    _cfg_euler_kernel[grid](
-        x, cond, uncond if uncond is not None else cond, noise if noise is not None else x, out, den, n,
-        cfg, sigma, dt, noise_scale, s_noise,
-        HAS_UNCOND=uncond is not None, HAS_NOISE=noise is not None, RETURN_DENOISED=return_denoised,
-        WRITE_DENOISED=write_denoised, BLOCK=BLOCK, num_warps=NUM_WARPS,
-    )
+    with launch_device(x):
+        _cfg_euler_kernel[grid](
+            x, cond, uncond if uncond is not None else cond, noise if noise is not None else x, out, den, n,
+            cfg, sigma, dt, noise_scale, s_noise,
+            HAS_UNCOND=uncond is not None, HAS_NOISE=noise is not None, RETURN_DENOISED=return_denoised,
+            WRITE_DENOISED=write_denoised, BLOCK=BLOCK, num_warps=NUM_WARPS,
+        )
     return out, (den if write_denoised else None)
 
 
@@ -115,10 +116,11 @@ def cfg_dpmpp_2m(
     out = torch.empty_like(x)
     den = torch.empty_like(x) if write_denoised else out
     grid = (triton.cdiv(n, BLOCK),)
-    _cfg_dpmpp_2m_kernel[grid](
-        x, cond, uncond if uncond is not None else cond, old_denoised if old_denoised is not None else x, out, den, n,
-        cfg, ratio, expm1_neg_h, c_den, c_old,
-        HAS_UNCOND=uncond is not None, HAS_OLD=old_denoised is not None, WRITE_DENOISED=write_denoised,
-        BLOCK=BLOCK, num_warps=NUM_WARPS,
-    )
+    with launch_device(x):
+        _cfg_dpmpp_2m_kernel[grid](
+            x, cond, uncond if uncond is not None else cond, old_denoised if old_denoised is not None else x, out,
+            den, n, cfg, ratio, expm1_neg_h, c_den, c_old,
+            HAS_UNCOND=uncond is not None, HAS_OLD=old_denoised is not None, WRITE_DENOISED=write_denoised,
+            BLOCK=BLOCK, num_warps=NUM_WARPS,
+        )
     return out, (den if write_denoised else None)

@@ -65,6 +65,8 @@ def _select(device="cuda", dtype=torch.float16, head_dim=40, requested="auto", t
     ({"device": "cuda", "dtype": torch.float16, "head_dim": 512, "requested": "triton"}, "sdpa"),
     ({"device": "cuda", "dtype": torch.float16, "batch_heads": 70000}, "sdpa"),
     ({"device": "cuda", "dtype": torch.float16, "seq_kv": 0}, "sdpa"),
+    ({"device": "cuda", "dtype": torch.float16, "head_dim": 64, "batch_heads": 40, "seq_q": 2**20}, "sdpa"),
+    ({"device": "cuda", "dtype": torch.float16, "head_dim": 64, "batch_heads": 40, "seq_q": 2**16}, "triton"),
     ({"device": "cpu", "dtype": torch.float32, "requested": "triton"}, "sdpa"),
     ({"device": "cpu", "dtype": torch.float32, "requested": "triton", "interpreting": True}, "triton"),
     ({"device": "cpu", "dtype": torch.float32, "requested": "triton", "interpreting": True, "triton": False}, "sdpa"),
