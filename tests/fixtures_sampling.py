@@ -65,7 +65,7 @@ class ToyCFGDenoiser:
         out = x * 0.9 / (1 + s**2) ** 0.5
         if not self.conditioned:
             return out + self.F
-        c = torch.tensor(c_means, dtype=x.dtype).reshape(-1, 1, 1, 1)
+        c = torch.tensor(c_means, dtype=x.dtype, device=x.device).reshape(-1, 1, 1, 1)
         return out + self.F * c
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor, model_options: dict[str, Any] | None = None,

@@ -81,6 +81,7 @@ class BrownianTreeNoiseSampler:
 
         self.transform = transform
         self.cpu = cpu
+        self.device = x.device  # increments come back on x's device even when sigmas live on the host
         t0, t1 = transform(torch.as_tensor(sigma_min)), transform(torch.as_tensor(sigma_max))
         t0, t1, self.sign = (t0, t1, 1) if t0 < t1 else (t1, t0, -1)
         w0 = torch.zeros_like(x)
@@ -95,14 +96,18 @@ class BrownianTreeNoiseSampler:
             seeds = (seed,)
         if cpu:
             t0, w0, t1 = t0.detach().cpu(), w0.detach().cpu(), t1.detach().cpu()
+        else:
+            t0, t1 = t0.to(self.device), t1.to(self.device)
         self.trees = tuple(torchsde.BrownianTree(t0, w0, t1, entropy=s) for s in seeds)
 
     def _increment(self, t0: torch.Tensor, t1: torch.Tensor) -> torch.Tensor:
         t0, t1, sign = (t0, t1, 1) if t0 < t1 else (t1, t0, -1)
-        device, dtype = t0.device, t0.dtype
+        dtype = t0.dtype
         if self.cpu:
             t0, t1 = t0.detach().cpu().float(), t1.detach().cpu().float()
-        w = torch.stack([tree(t0, t1) for tree in self.trees]).to(device=device, dtype=dtype) * (self.sign * sign)
+        else:
+            t0, t1 = t0.to(self.device), t1.to(self.device)
+        w = torch.stack([tree(t0, t1) for tree in self.trees]).to(device=self.device, dtype=dtype) * (self.sign * sign)
         return w if self.batched else w[0]
 
     def __call__(self, sigma: torch.Tensor, sigma_next: torch.Tensor) -> torch.Tensor:

@@ -132,7 +132,7 @@ def _betainc_cf(x: np.ndarray, a: float, b: float, iters: int = 300) -> np.ndarr
             c = np.where(np.abs(c) < tiny, tiny, c)
             delta = c * d
             h = h * delta
-        if np.all(np.abs(delta - 1.0) < 1e-16):
+        if np.all(np.abs(delta - 1.0) < 4e-16):
             break
     return h
 
@@ -151,24 +151,39 @@ def betainc(x: np.ndarray, a: float, b: float) -> np.ndarray:
     return np.where(x <= 0, 0.0, np.where(x >= 1, 1.0, out))
 
 
-def beta_ppf(p: np.ndarray, a: float, b: float, iters: int = 100) -> np.ndarray:
-    """Quantile function of Beta(a, b): solve I_x(a, b) = p by safeguarded Newton inside a shrinking bracket."""
-    p = np.asarray(p, dtype=np.float64)
+def _beta_ppf_newton(p: np.ndarray, a: float, b: float, iters: int) -> np.ndarray:
+    """Solve I_x(a, b) = p for p in (0, 1) by Newton steps kept inside a shrinking bisection bracket."""
     lo, hi = np.zeros_like(p), np.ones_like(p)
     x = np.clip(p, 1e-3, 1 - 1e-3)  # any start inside (0, 1) works with the bracket safeguard
     lbeta = math.lgamma(a) + math.lgamma(b) - math.lgamma(a + b)
     for _ in range(iters):
         f = betainc(x, a, b) - p
         lo, hi = np.where(f < 0, x, lo), np.where(f > 0, x, hi)
-        pdf = np.exp((a - 1) * np.log(x) + (b - 1) * np.log1p(-x) - lbeta)
-        newton = x - f / pdf
-        bisect = (lo + hi) / 2
-        x_new = np.where((newton > lo) & (newton < hi), newton, bisect)
-        if np.all(np.abs(x_new - x) <= 4e-16 * np.maximum(x, 1e-300)):
-            x = x_new
-            break
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):  # x may round to 0 or 1 at extreme p
+            pdf = np.exp((a - 1) * np.log(x) + (b - 1) * np.log1p(-x) - lbeta)
+            newton = x - f / pdf
+        x_new = np.where((newton > lo) & (newton < hi), newton, (lo + hi) / 2)
+        done = np.all((np.abs(x_new - x) <= 1e-15 * x) | (f == 0))
         x = x_new
-    return np.where(p <= 0, 0.0, np.where(p >= 1, 1.0, x))
+        if done:
+            break
+    return x
+
+
+def beta_ppf(p: np.ndarray, a: float, b: float, iters: int = 100) -> np.ndarray:
+    """Quantile function of Beta(a, b) in float64 (what ComfyUI takes from scipy.stats.beta.ppf).
+
+    For a == b the distribution is symmetric: solve in the lower half and reflect, which makes the median exactly
+    0.5 (the beta scheduler rounds ppf · 999, so 499.5 must not come out as 499.4999...).
+    """
+    p_in = np.asarray(p, dtype=np.float64)
+    inner = (p_in > 0) & (p_in < 1)
+    upper = inner & (p_in > 0.5) if a == b else np.zeros_like(inner)
+    q = np.where(inner, np.where(upper, 1.0 - p_in, p_in), 0.5)  # the ends are answered exactly below
+    x = _beta_ppf_newton(q, a, b, iters)
+    if a == b:
+        x = np.where(q == 0.5, 0.5, np.where(upper, 1.0 - x, x))
+    return np.where(p_in <= 0, 0.0, np.where(p_in >= 1, 1.0, x))
 
 
 # -- dispatch --------------------------------------------------------------------------------------------------------
@@ -189,6 +204,8 @@ _BY_RANGE: dict[str, Callable[[int, float, float], torch.Tensor]] = {
 
 def calculate_sigmas(model_sampling: ModelSampling, scheduler: str, steps: int) -> torch.Tensor:
     """`steps + 1` float32 sigmas (the last one 0) for a scheduler name."""
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
     if scheduler in _BY_RANGE:
         return _BY_RANGE[scheduler](steps, float(model_sampling.sigma_min), float(model_sampling.sigma_max))
     if scheduler in _BY_MODEL:
@@ -201,8 +218,8 @@ def ksampler_sigmas(model_sampling: ModelSampling, scheduler: str, steps: int, d
     """The sigmas ComfyUI's KSampler uses: for denoise < 1 build int(steps / denoise) steps and keep the last
     steps + 1; denoise <= 0 gives an empty schedule. `discard_penultimate` (dpm_2, dpm_2_ancestral, uni_pc,
     uni_pc_bh2) builds one extra step and drops the second-to-last sigma."""
-    if steps < 0:
-        raise ValueError(f"steps must be >= 0, got {steps}")
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
 
     def build(n: int) -> torch.Tensor:
         if discard_penultimate:
