@@ -55,7 +55,8 @@ timeout 240 "$PY" -P -m pytest benches/bench_attention.py benches/bench_sampler_
   2>&1 | tee "$OUT/kernels_bench.txt"
 BENCH_RC=${PIPESTATUS[0]}
 
-cp benches/results/attention_*.json benches/results/sampler_step_*.json "$OUT"/ 2>/dev/null
+SLUG="$("$PY" -c "import sys; sys.path.insert(0, 'benches'); from kernel_timing import device_slug; print(device_slug())")"
+cp "benches/results/attention_$SLUG.json" "benches/results/sampler_step_$SLUG.json" "$OUT"/ 2>/dev/null
 rm -rf "$SHIM"
 echo "tests rc=$TESTS_RC bench rc=$BENCH_RC; results in $OUT" | tee -a "$OUT/gpu_check.txt"
 [ "$TESTS_RC" -eq 0 ] && [ "$BENCH_RC" -eq 0 ]

@@ -14,6 +14,8 @@ import torch
 
 # dtypes the Triton kernels are written for (fp32 accumulation in every case)
 TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+# Triton 3.x targets compute capability 8.0+ (bf16 dots, async copies); older GPUs keep the torch paths
+MIN_CAPABILITY = (8, 0)
 
 
 @functools.cache
@@ -50,3 +52,8 @@ def can_launch_on(device: torch.device) -> bool:
 def launch_device(tensor: torch.Tensor) -> contextlib.AbstractContextManager:
     """Make the tensor's GPU current while launching: Triton launches on the current device, not the tensor's."""
     return torch.cuda.device(tensor.device) if tensor.device.type == "cuda" else contextlib.nullcontext()
+
+
+def device_capability(device: torch.device) -> tuple[int, int] | None:
+    """(major, minor) of a CUDA device, None for other devices. Called with tensors already on that GPU."""
+    return tuple(torch.cuda.get_device_capability(device)) if device.type == "cuda" else None

@@ -4,8 +4,8 @@ Layout (B, H, S, D): `attention(q, k, v)` takes q [B,H,Sq,D], k/v [B,H,Skv,D] an
 Sq and Skv may differ (cross-attention on 77/154 text tokens).
 
 Backends:
-- "triton": our flash-attention forward (`triton_attention.py`); chosen by "auto" on CUDA for fp16/bf16 with a
-  head dim in 16..256 when Triton is installed.
+- "triton": our flash-attention forward (`triton_attention.py`); chosen by "auto" on CUDA (compute capability 8.0+)
+  for fp16/bf16 with a head dim in 16..256 when Triton is installed.
 - "sdpa": `torch.nn.functional.scaled_dot_product_attention` with torch's own kernel choice (the default everywhere
   else, CPU fp32 included); "sdpa:flash" | "sdpa:efficient" | "sdpa:cudnn" | "sdpa:math" pin one SDPA kernel
   (for benchmarks; torch raises if the pinned kernel cannot take the inputs).
@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from comfy_core.errors import ComfyCoreError
 
-from ._triton import triton_available, triton_interpreting
+from ._triton import MIN_CAPABILITY, device_capability, triton_available, triton_interpreting
 
 log = logging.getLogger(__name__)
 
@@ -59,10 +59,12 @@ def requested_backend(backend: str | None = None) -> str:
 def select_backend(
     *, device_type: str, dtype: torch.dtype, head_dim: int, seq_q: int = 1, seq_kv: int = 1, batch_heads: int = 1,
     requested: str = "auto", triton_available: bool, interpreting: bool = False,
+    capability: tuple[int, int] | None = None,
 ) -> str:
     """Pure choice of the backend for inputs with these properties. Returns one of BACKENDS except "auto".
 
-    "auto": "triton" on CUDA for fp16/bf16 when the kernel takes the shapes and Triton is importable, else "sdpa".
+    "auto": "triton" on CUDA (compute capability >= 8.0 when given) for fp16/bf16 when the kernel takes the shapes
+    and Triton is importable, else "sdpa".
     "triton": also on CUDA fp32, and on CPU when `interpreting` (TRITON_INTERPRET=1); "sdpa" when it cannot run.
     "sdpa", "sdpa:<kernel>", "reference": always honoured.
     """
@@ -73,7 +75,8 @@ def select_backend(
     shapes_ok = (TRITON_HEAD_DIMS[0] <= head_dim <= TRITON_HEAD_DIMS[1] and seq_q > 0 and seq_kv > 0
                  and 0 < batch_heads <= TRITON_MAX_BATCH_HEADS
                  and batch_heads * max(seq_q, seq_kv) * head_dim < 2**31)  # the kernel's offsets are int32
-    if not (triton_available and shapes_ok):
+    gpu_ok = device_type != "cuda" or capability is None or tuple(capability) >= MIN_CAPABILITY
+    if not (triton_available and shapes_ok and gpu_ok):
         return "sdpa"
     if requested == "auto":
         return "triton" if device_type == "cuda" and dtype in (torch.float16, torch.bfloat16) else "sdpa"
@@ -102,6 +105,7 @@ def resolve_backend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: 
         device_type=q.device.type, dtype=q.dtype, head_dim=head_dim, seq_q=seq_q, seq_kv=k.shape[2],
         batch_heads=batch * heads, requested=requested_backend(backend),
         triton_available=triton_available(), interpreting=triton_interpreting(),
+        capability=device_capability(q.device),
     )
 
 

@@ -15,8 +15,8 @@ Bytes moved per element (fp16 x, CFG): Euler 3 reads + 1-2 writes; Euler-a 4 + 1
 The unfused torch version makes ~6-10 passes over memory.
 
 Backend choice: `backend` argument ("auto" | "triton" | "torch"), else $COMFY_CORE_SAMPLER_STEP, else "auto".
-"auto" picks Triton on CUDA when Triton is importable and all tensors are contiguous with one shape, dtype
-(fp16/bf16/fp32) and device; "triton" also runs on CPU under TRITON_INTERPRET=1; anything else runs torch.
+"auto" picks Triton on CUDA (capability 8.0+) when Triton is importable and all tensors are contiguous with one
+shape, dtype (fp16/bf16/fp32) and device; "triton" also runs on CPU under TRITON_INTERPRET=1; anything else runs torch.
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ import torch
 
 from comfy_core.errors import ComfyCoreError
 
-from ._triton import TRITON_DTYPES, triton_available, triton_interpreting
+from ._triton import MIN_CAPABILITY, TRITON_DTYPES, device_capability, triton_available, triton_interpreting
 
 ENV_VAR = "COMFY_CORE_SAMPLER_STEP"
 STEP_BACKENDS = ("auto", "triton", "torch")
@@ -118,14 +118,17 @@ def requested_step_backend(backend: str | None = None) -> str:
 
 def select_step_backend(
     *, device_type: str, dtype: torch.dtype, uniform: bool, requested: str = "auto", triton_available: bool,
-    interpreting: bool = False,
+    interpreting: bool = False, capability: tuple[int, int] | None = None,
 ) -> str:
-    """Pure choice between "triton" and "torch". `uniform`: every tensor contiguous, one shape/dtype/device."""
+    """Pure choice between "triton" and "torch". `uniform`: every tensor contiguous, one shape/dtype/device;
+    `capability`: the CUDA device's compute capability (Triton needs 8.0+)."""
     if requested not in STEP_BACKENDS:
         raise ComfyCoreError(f"unknown sampler-step backend {requested!r}; expected one of {', '.join(STEP_BACKENDS)}")
     if requested == "torch" or not (triton_available and uniform and dtype in TRITON_DTYPES):
         return "torch"
-    if device_type == "cuda" or (requested == "triton" and device_type == "cpu" and interpreting):
+    if device_type == "cuda":
+        return "triton" if capability is None or tuple(capability) >= MIN_CAPABILITY else "torch"
+    if requested == "triton" and device_type == "cpu" and interpreting:
         return "triton"
     return "torch"
 
@@ -144,6 +147,7 @@ def resolve_step_backend(x: torch.Tensor, *others: torch.Tensor | None, backend:
     return select_step_backend(
         device_type=x.device.type, dtype=x.dtype, uniform=uniform, requested=requested_step_backend(backend),
         triton_available=triton_available(), interpreting=triton_interpreting(),
+        capability=device_capability(x.device),
     )
 
 

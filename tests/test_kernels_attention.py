@@ -58,6 +58,9 @@ def _select(device="cuda", dtype=torch.float16, head_dim=40, requested="auto", t
     ({"device": "cuda", "dtype": torch.bfloat16, "head_dim": 160}, "triton"),
     ({"device": "cuda", "dtype": torch.float16, "head_dim": 256}, "triton"),
     ({"device": "cuda", "dtype": torch.float16, "triton": False}, "sdpa"),
+    ({"device": "cuda", "dtype": torch.float16, "capability": (9, 0)}, "triton"),
+    ({"device": "cuda", "dtype": torch.float16, "capability": (7, 5)}, "sdpa"),
+    ({"device": "cuda", "dtype": torch.float16, "capability": (7, 5), "requested": "triton"}, "sdpa"),
     ({"device": "cuda", "dtype": torch.float32}, "sdpa"),
     ({"device": "cuda", "dtype": torch.float32, "requested": "triton"}, "triton"),
     ({"device": "cuda", "dtype": torch.float16, "head_dim": 8}, "sdpa"),
@@ -219,6 +222,22 @@ def test_attention_kernel_compiles_for_hopper(dtype, head_dim, every_config):
     res = compile_for_gpu(TA._flash_attn_fwd, values, {**const, **small.kwargs}, small.num_warps, small.num_stages)
     if res["stack"] is not None and dtype != "fp32":  # fp32 "ieee" dots run on FMA units: slow path, may spill
         assert res["stack"] == 0, (small.kwargs, res["regs"], res["stack"])
+
+
+@needs_triton
+def test_autotuner_keys_and_pruning_as_triton_calls_them():
+    """The installed Triton's Autotuner resolves our key names and calls `_prune` with the launch's arguments."""
+    TA, values, const, _ = _attention_compile_args("fp16", 160, 64, 77)
+    tuned = TA._flash_attn_fwd_tuned
+    assert set(tuned.keys) <= set(tuned.arg_names)
+    positional = [values[name] for name in tuned.arg_names if name in values]
+    tuned.nargs = dict(zip(tuned.arg_names, positional))
+    kept = tuned.prune_configs(const)  # what Autotuner.run does before benchmarking
+    tuned.nargs = None
+    shapes = sorted((c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_stages) for c in kept)
+    assert shapes and all(m <= 64 and n <= 64 and stages <= 2 for m, n, stages in shapes)  # D=160 pads to 256
+    _, values, const, kept_small = _attention_compile_args("fp16", 40, 64, 4096)
+    assert all(c.kwargs["BLOCK_M"] <= 64 for c in kept_small)  # 64 queries: no 128-row tiles
 
 
 @needs_triton

@@ -93,6 +93,8 @@ def test_step_errors_are_typed(call):
     ({"device_type": "cpu", "dtype": torch.float32}, "torch"),
     ({"device_type": "cuda", "dtype": torch.float16}, "triton"),
     ({"device_type": "cuda", "dtype": torch.float32}, "triton"),
+    ({"device_type": "cuda", "dtype": torch.float16, "capability": (8, 6)}, "triton"),
+    ({"device_type": "cuda", "dtype": torch.float16, "capability": (7, 0)}, "torch"),
     ({"device_type": "cuda", "dtype": torch.float16, "triton_available": False}, "torch"),
     ({"device_type": "cuda", "dtype": torch.float16, "uniform": False}, "torch"),
     ({"device_type": "cuda", "dtype": torch.float64}, "torch"),
