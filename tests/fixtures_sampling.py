@@ -100,7 +100,8 @@ def case_sigmas(name: str) -> torch.Tensor:
     return ksampler_sigmas(ModelSampling(), "karras", STEPS, 1.0, name in DISCARD_PENULTIMATE_SIGMA_SAMPLERS)
 
 
-def run_reference_case(name: str, section: str, seed: int = SEED) -> tuple[torch.Tensor, torch.Tensor, list[list[float]]]:
+def run_reference_case(name: str, section: str,
+                       seed: int = SEED) -> tuple[torch.Tensor, torch.Tensor, list[list[float]]]:
     """Run sampler `name` like ComfyUI's KSampler on the toy; returns (ours, expected, per-call sigmas)."""
     from comfy_core.sampling.samplers import SAMPLERS
 

@@ -89,5 +89,6 @@ def test_latent_formats() -> None:
     # a latent along channel 0 maps to the first factor row (plus SDXL's bias)
     one = torch.zeros(1, 4, 1, 1)
     one[0, 0] = 1.0
-    expect = (torch.tensor(SDXL_LATENT.latent_rgb_factors[0]) + torch.tensor(SDXL_LATENT.latent_rgb_factors_bias) + 1) / 2
+    factors, bias = torch.tensor(SDXL_LATENT.latent_rgb_factors[0]), torch.tensor(SDXL_LATENT.latent_rgb_factors_bias)
+    expect = (factors + bias + 1) / 2
     assert torch.allclose(SDXL_LATENT.preview_rgb(one)[0, 0, 0], expect)

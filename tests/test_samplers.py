@@ -6,8 +6,8 @@ import torch
 
 from comfy_core.models.model_sampling import ModelSampling
 from comfy_core.sampling import samplers as S
-from comfy_core.sampling.noise import prepare_noise
 from comfy_core.sampling.common import POST_CFG_FUNCTIONS, UncondCapture, get_ancestral_step, to_d
+from comfy_core.sampling.noise import prepare_noise
 from fixtures_sampling import (
     SECTIONS, case_sigmas, make_toy, relative_error, run_reference_case, sampler_refs,
 )
@@ -147,3 +147,16 @@ def test_runs_on_cuda_with_host_scalars(name: str) -> None:
     x = (torch.randn(1, 4, 8, 8) * sigmas[0]).cuda()
     out = S.get_sampler(name)(toy, x, sigmas.cuda(), seed=3)
     assert out.device.type == "cuda" and torch.isfinite(out).all()
+
+
+def test_lcm_renoises_with_the_models_noise_scaling_or_ve_default() -> None:
+    ms, sigmas = ModelSampling(), case_sigmas("lcm")
+    x = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(2)) * sigmas[0]
+    toy = make_toy("samplers", ms)
+    bare = make_toy("samplers", None)  # no model_sampling attribute value: the VE formula x0 + sigma * noise
+    assert torch.equal(S.sample_lcm(toy, x, sigmas, seed=5), S.sample_lcm(bare, x, sigmas, seed=5))
+
+
+def test_lms_order_is_validated() -> None:
+    with pytest.raises(ValueError, match="order"):
+        S.sample_lms(make_toy("samplers"), torch.zeros(1, 4, 2, 2), case_sigmas("lms"), order=9)

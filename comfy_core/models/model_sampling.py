@@ -21,7 +21,7 @@ Prediction = Literal["eps", "v"]
 
 
 def _sigma_view(sigma: torch.Tensor, ndim: int) -> torch.Tensor:
-    """Per-row sigma [B] -> [B, 1, ..., 1] for broadcasting over a [B, C, H, W] tensor; a single sigma stays a scalar."""
+    """Per-row sigma [B] -> [B, 1, ..., 1] to broadcast over [B, C, H, W]; a single sigma stays a scalar."""
     sigma = torch.as_tensor(sigma)
     if sigma.numel() == 1:
         return sigma.reshape(())
@@ -113,7 +113,8 @@ class ModelSampling:
         sigma = _sigma_view(sigma, x.ndim)
         return x / (sigma**2 + self.sigma_data**2) ** 0.5
 
-    def calculate_denoised(self, sigma: torch.Tensor, model_output: torch.Tensor, model_input: torch.Tensor) -> torch.Tensor:
+    def calculate_denoised(self, sigma: torch.Tensor, model_output: torch.Tensor,
+                           model_input: torch.Tensor) -> torch.Tensor:
         """Model output -> denoised x0. eps: x - sigma·eps; v: c_skip·x - c_out·v (Salimans & Ho 2022)."""
         sigma = _sigma_view(sigma, model_output.ndim)
         if self.prediction == "eps":
@@ -165,7 +166,7 @@ class LatentFormat:
         return latent / self.scale_factor
 
     def preview_rgb(self, latent: torch.Tensor) -> torch.Tensor:
-        """[B, C, H, W] latent -> [B, H, W, 3] rough RGB in 0..1 (linear projection, as ComfyUI's latent2rgb preview)."""
+        """[B, C, H, W] latent -> [B, H, W, 3] rough RGB in 0..1 (a linear projection, like ComfyUI's previews)."""
         factors = torch.tensor(self.latent_rgb_factors, dtype=latent.dtype, device=latent.device)  # [C, 3]
         rgb = torch.einsum("bchw,cr->bhwr", latent, factors)
         if self.latent_rgb_factors_bias is not None:

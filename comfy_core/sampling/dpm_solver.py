@@ -93,7 +93,7 @@ def sample_dpm_fast(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *,
                     extra_args: dict[str, Any] | None = None, callback: Callback | None = None,
                     noise_sampler: NoiseSampler | None = None, seed: int | None = None, eta: float = 0.0,
                     s_noise: float = 1.0) -> torch.Tensor:
-    """DPM-Solver-fast: nfe = len(sigmas) - 1 model evaluations spread over uniform-in-t steps of order 3 (then 2, 1)."""
+    """DPM-Solver-fast: nfe = len(sigmas) - 1 model evaluations over uniform-in-t steps of order 3 (then 2, 1)."""
     if len(sigmas) <= 1:
         return x
     sigma_min, sigma_max = _range(sigmas)

@@ -68,7 +68,8 @@ def default_noise_sampler(x: torch.Tensor, seed: int | None = None) -> NoiseSamp
 
 
 class BrownianTreeNoiseSampler:
-    """Unit-variance increments W(sigma_next) - W(sigma) / sqrt(|Δsigma|) of one Brownian motion over [sigma_min, sigma_max].
+    """Unit-variance increments (W(sigma_next) - W(sigma)) / sqrt(|Δsigma|) of one Brownian motion on
+    [sigma_min, sigma_max].
 
     `seed` may be a list of one seed per batch row (one tree each); `cpu=True` keeps the tree on the CPU (the
     bit-reproducible choice ComfyUI's non-`_gpu` SDE samplers make).

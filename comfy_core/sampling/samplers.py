@@ -28,7 +28,6 @@ from __future__ import annotations
 import functools
 import importlib
 import logging
-import math
 import pkgutil
 from collections.abc import Mapping
 from types import MappingProxyType
@@ -39,8 +38,8 @@ import torch
 
 from comfy_core.sampling import dpm_solver, dpmpp
 from comfy_core.sampling.common import (  # noqa: F401  (re-exported helpers)
-    DISABLE_CFG1_OPTIMIZATION, POST_CFG_FUNCTIONS, Callback, Denoiser, SamplerFn, UncondCapture, append_dims,
-    get_ancestral_step, host_sigmas, renoise, report, to_d, with_post_cfg_function,
+    DISABLE_CFG1_OPTIMIZATION, POST_CFG_FUNCTIONS, Callback, Denoiser, SamplerFn, UncondCapture, ancestral_schedule,
+    append_dims, get_ancestral_step, host_sigmas, renoise, report, to_d, with_post_cfg_function,
 )
 from comfy_core.sampling.noise import (  # noqa: F401
     BrownianTreeNoiseSampler, NoiseSampler, default_noise_sampler,
@@ -116,15 +115,16 @@ def sample_euler_ancestral(model: Denoiser, x: torch.Tensor, sigmas: torch.Tenso
     extra_args = extra_args or {}
     noise_sampler = noise_sampler or default_noise_sampler(x, seed=seed)
     sig, s_in = host_sigmas(sigmas), x.new_ones([x.shape[0]])
-    for i in range(len(sig) - 1):
+    downs, ups = ancestral_schedule(sig, eta)
+    noise_scales = s_noise * ups  # == ComfyUI's (noise * s_noise) * sigma_up bit for bit when s_noise == 1
+    for i, down in enumerate(downs.tolist()):
         denoised = model(x, sig[i] * s_in, **extra_args)
-        sigma_down, sigma_up = get_ancestral_step(sig[i], sig[i + 1], eta=eta)
         report(callback, x, i, sig[i], sig[i], denoised)
-        if sigma_down == 0:
+        if down == 0:
             x = denoised
         else:
             d = to_d(x, sig[i], denoised)
-            x = x + d * (sigma_down - sig[i]) + noise_sampler(sig[i], sig[i + 1]) * s_noise * sigma_up
+            x = x + d * (downs[i] - sig[i]) + noise_sampler(sig[i], sig[i + 1]) * noise_scales[i]
     return x
 
 
@@ -255,25 +255,34 @@ def sample_dpm_2_ancestral(model: Denoiser, x: torch.Tensor, sigmas: torch.Tenso
     extra_args = extra_args or {}
     noise_sampler = noise_sampler or default_noise_sampler(x, seed=seed)
     sig, s_in = host_sigmas(sigmas), x.new_ones([x.shape[0]])
+    downs, ups = ancestral_schedule(sig, eta)
     for i in range(len(sig) - 1):
         denoised = model(x, sig[i] * s_in, **extra_args)
-        sigma_down, sigma_up = get_ancestral_step(sig[i], sig[i + 1], eta=eta)
+        sigma_down = downs[i]
         report(callback, x, i, sig[i], sig[i], denoised)
         d = to_d(x, sig[i], denoised)
         if sigma_down == 0:
             x = x + d * (sigma_down - sig[i])
         else:
-            sigma_mid = sig[i].log().lerp(torch.as_tensor(sigma_down).log(), 0.5).exp()
+            sigma_mid = sig[i].log().lerp(sigma_down.log(), 0.5).exp()
             x_2 = x + d * (sigma_mid - sig[i])
             d_2 = to_d(x_2, sigma_mid, model(x_2, sigma_mid * s_in, **extra_args))
             x = x + d_2 * (sigma_down - sig[i])
-            x = x + noise_sampler(sig[i], sig[i + 1]) * s_noise * sigma_up
+            x = x + noise_sampler(sig[i], sig[i + 1]) * s_noise * ups[i]
     return x
+
+
+@functools.cache
+def _gauss_legendre_4() -> tuple[np.ndarray, np.ndarray]:
+    """4-point Gauss-Legendre rule on [-1, 1]: exact for polynomials of degree <= 7, i.e. LMS order <= 8."""
+    nodes, weights = np.polynomial.legendre.leggauss(4)
+    nodes.flags.writeable = weights.flags.writeable = False
+    return nodes, weights
 
 
 def _lms_coefficient(order: int, t: np.ndarray, i: int, j: int) -> float:
     """∫_{t_i}^{t_{i+1}} of the j-th Lagrange basis polynomial on t_i, ..., t_{i-order+1} (exact Gauss-Legendre)."""
-    nodes, weights = np.polynomial.legendre.leggauss(4)  # exact for the degree <= 3 polynomials of order <= 4
+    nodes, weights = _gauss_legendre_4()
     a, b = float(t[i]), float(t[i + 1])
     tau = (b - a) / 2 * nodes + (a + b) / 2
     basis = np.ones_like(tau)
@@ -288,13 +297,17 @@ def sample_lms(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, extra_
                callback: Callback | None = None, noise_sampler: NoiseSampler | None = None, seed: int | None = None,
                order: int = 4) -> torch.Tensor:
     """Linear multistep (Adams–Bashforth on the Karras ODE in sigma, k-diffusion's LMS), up to `order` past slopes."""
+    if not 1 <= order <= 8:
+        raise ValueError(f"lms order must be between 1 and 8, got {order}")
     extra_args = extra_args or {}
     sig, s_in = host_sigmas(sigmas), x.new_ones([x.shape[0]])
     t = sig.double().numpy()
     ds: list[torch.Tensor] = []
     for i in range(len(sig) - 1):
         denoised = model(x, sig[i] * s_in, **extra_args)
-        ds = [*ds[-(order - 1):], to_d(x, sig[i], denoised)] if order > 1 else [to_d(x, sig[i], denoised)]
+        ds.append(to_d(x, sig[i], denoised))
+        if len(ds) > order:
+            ds.pop(0)
         report(callback, x, i, sig[i], sig[i], denoised)
         if sig[i + 1] == 0:
             x = denoised

@@ -86,7 +86,7 @@ def ddim_uniform_sigmas(ms: ModelSampling, steps: int) -> torch.Tensor:
 
 
 def beta_sigmas(ms: ModelSampling, steps: int, alpha: float = 0.6, beta: float = 0.6) -> torch.Tensor:
-    """Lee et al. (2024) "Beta sampling is all you need": timesteps at Beta(alpha, beta) quantiles, duplicates dropped."""
+    """Lee et al. (2024) "Beta sampling is all you need": timesteps at Beta(alpha, beta) quantiles, minus repeats."""
     total = len(ms.sigmas) - 1
     ts = np.rint(beta_ppf(1 - np.linspace(0, 1, steps, endpoint=False), alpha, beta) * total)
     sigs, last = [], -1.0
