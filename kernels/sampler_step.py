@@ -178,16 +178,18 @@ def cfg_euler_step(
 
 def cfg_euler_ancestral_step(
     x: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor | None, cfg: Scalar, sigma: Scalar,
-    sigma_down: Scalar, sigma_up: Scalar, noise: torch.Tensor, *, s_noise: Scalar = 1.0,
+    sigma_down: Scalar, sigma_up: Scalar, noise: torch.Tensor | None, *, s_noise: Scalar = 1.0,
     write_denoised: bool = True, backend: str | None = None,
 ) -> StepResult:
     """Euler-ancestral step: the Euler step to σ_down plus noise·s_noise·σ_up (the caller computes the ancestral split
     σ_down, σ_up, e.g. with k-diffusion's get_ancestral_step). When σ_down == 0 the result is the denoised prediction,
-    as in ComfyUI.
+    as in ComfyUI, and `noise` may be None (ComfyUI draws none then); it may also be None when σ_up == 0.
     """
     _check_same_shape(x, cond=cond, uncond=uncond, noise=noise)
     cfg, sigma, s_noise, sigma_up = float(cfg), float(_f32(sigma)), float(s_noise), float(_f32(sigma_up))
     to_denoised = float(sigma_down) == 0.0
+    if noise is None and sigma_up != 0.0 and not to_denoised:
+        raise ComfyCoreError("cfg_euler_ancestral_step: noise is required when sigma_up > 0")
     dt = euler_dt(sigma, sigma_down)
     if resolve_step_backend(x, cond, uncond, noise, backend=backend) == "triton":
         from . import triton_sampler_step

@@ -67,6 +67,10 @@ def test_euler_ancestral_last_step_returns_denoised():
     t = step_inputs("fp32")
     res = S.cfg_euler_ancestral_step(t["x"], t["cond"], t["uncond"], 3.0, 0.03, 0.0, 0.0, t["noise"])
     assert torch.equal(res.x, res.denoised)
+    without_noise = S.cfg_euler_ancestral_step(t["x"], t["cond"], t["uncond"], 3.0, 0.03, 0.0, 0.0, None)
+    assert torch.equal(without_noise.x, res.x)
+    with pytest.raises(ComfyCoreError, match="noise is required"):
+        S.cfg_euler_ancestral_step(t["x"], t["cond"], t["uncond"], 3.0, 2.0, 1.0, 0.5, None)
 
 
 def test_write_denoised_false_returns_none():
