@@ -23,11 +23,11 @@ import torch
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 
-from fixtures_sd15 import random_sd15_checkpoint  # noqa: E402
+from fixtures_sd15 import random_sd15_checkpoint
 
-from comfy_core.models.cache import ModelCache  # noqa: E402
-from comfy_core.models.checkpoint import build_diffusion_model  # noqa: E402
-from comfy_core.models.state_dict import TensorDict  # noqa: E402
+from comfy_core.models.cache import ModelCache
+from comfy_core.models.checkpoint import build_diffusion_model
+from comfy_core.models.state_dict import TensorDict
 
 RESULTS: dict = {}
 

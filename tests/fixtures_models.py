@@ -12,10 +12,10 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import fixtures_text
 import torch
 from safetensors.torch import save_file
 
-import fixtures_text
 from comfy_core.models.unet import UNetConfig, UNetModel
 from comfy_core.models.vae import AutoencoderKL, VAEConfig
 

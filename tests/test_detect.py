@@ -7,10 +7,10 @@ import gzip
 import json
 from pathlib import Path
 
+import fixtures_models as fm
 import pytest
 import torch
 
-import fixtures_models as fm
 from comfy_core.errors import ModelLoadError
 from comfy_core.models.checkpoint import load_checkpoint_file
 from comfy_core.models.detect import detect_model, detect_vae_config
@@ -145,4 +145,24 @@ def test_wrong_shape(tmp_path):
     sd["model.diffusion_model.middle_block.0.in_layers.2.weight"] = torch.zeros(64, 64, 1, 3)
     path = fm.write(tmp_path / "shapes.safetensors", sd)
     with pytest.raises(ModelLoadError, match=r"shapes\.safetensors.*middle_block\.0\.in_layers\.2\.weight.*shape"):
+        load_checkpoint_file(path)
+
+
+def test_ckpt_pickle_files_load_with_the_safe_unpickler(tmp_path):
+    sd = fm.checkpoint_state_dict("sd1", text=False, dtype=torch.float32)
+    path = tmp_path / "old.ckpt"
+    torch.save({"state_dict": sd, "global_step": 1}, path)
+    model, clip, vae = load_checkpoint_file(path)
+    assert model.spec.comfy_name == "SD15" and vae is not None and clip is None
+    assert torch.equal(model.unet.out[2].weight, sd["model.diffusion_model.out.2.weight"])
+
+
+def test_pickle_with_code_is_refused(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    path = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {"x": Evil()}}, path)
+    with pytest.raises(ModelLoadError, match="evil.ckpt"):
         load_checkpoint_file(path)

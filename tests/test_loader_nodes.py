@@ -7,18 +7,19 @@ import json
 from pathlib import Path
 from typing import Any
 
+import fixtures_models as fm
 import pytest
 import torch
 from safetensors.torch import load_file
 
-import fixtures_models as fm
 from comfy_core import context
 from comfy_core.config import EngineConfig
 from comfy_core.context import NodeContext
 from comfy_core.errors import ModelLoadError, NodeExecutionError
 from comfy_core.folders import ModelFolders
 from comfy_core.models.cache import ModelCache
-from comfy_core.nodes import loaders, vae as vae_nodes
+from comfy_core.nodes import loaders
+from comfy_core.nodes import vae as vae_nodes
 from comfy_core.nodes.registry import node_info
 from comfy_core.storage import Storage
 
@@ -198,3 +199,22 @@ def test_euler_loop_on_random_sd15_matches_comfyui_latent():
     out = model.process_latent_out(x)
     rel = (out - ref["latent_out"]).abs().max() / ref["latent_out"].abs().max()
     assert rel.item() < 1e-3
+
+
+def test_engine_attention_backend_reaches_the_unet(ctx, monkeypatch):
+    import dataclasses
+
+    import msgspec
+    from comfy_core.kernels import attention as attention_mod
+
+    fm.write_checkpoint(models_dir(ctx) / "checkpoints" / "m.safetensors", "sd1", text=False)
+    node_ctx = dataclasses.replace(ctx, config=msgspec.structs.replace(ctx.config, attention_backend="reference"))
+    seen = []
+    real = attention_mod.attention
+    monkeypatch.setattr(attention_mod, "attention", lambda *a, backend=None, **k: seen.append(backend) or real(
+        *a, backend=backend, **k))
+    with context.use(node_ctx):
+        model, _, _ = loaders.CheckpointLoaderSimple().load_checkpoint("m.safetensors")
+    assert model.model_options["transformer_options"]["attention_backend"] == "reference"
+    model.apply_model(torch.randn(1, 4, 8, 8), torch.tensor([1.0]), context=torch.randn(1, 3, 32))
+    assert seen and set(seen) == {"reference"}

@@ -6,15 +6,20 @@ import gzip
 import json
 from pathlib import Path
 
+import fixtures_models as fm
+import fixtures_text
 import pytest
 import torch
 
-import fixtures_models as fm
-import fixtures_text
 from comfy_core.models.checkpoint import build_diffusion_model
 from comfy_core.models.clip_lora import PatchedCLIP
 from comfy_core.models.detect import detect_model
-from comfy_core.models.lora import LoraWeights, PatchState, text_encoder_targets, unet_targets
+from comfy_core.models.lora import (
+    LoraWeights,
+    PatchState,
+    text_encoder_targets,
+    unet_targets,
+)
 from comfy_core.models.state_dict import TensorDict
 from comfy_core.models.text_encoders import load_clip_from_state_dict
 from comfy_core.models.unet import UNetModel

@@ -5,10 +5,10 @@ from __future__ import annotations
 import os
 import threading
 
+import fixtures_models as fm
 import pytest
 import torch
 
-import fixtures_models as fm
 from comfy_core.errors import ModelLoadError
 from comfy_core.models.cache import ModelCache
 

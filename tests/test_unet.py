@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import math
 
+import fixtures_models as fm
 import pytest
 import torch
 
-import fixtures_models as fm
 from comfy_core.errors import ComfyCoreError
 from comfy_core.models.checkpoint import build_diffusion_model
 from comfy_core.models.detect import detect_model
@@ -177,7 +177,7 @@ def test_refiner_aesthetic_score_defaults():
     noise = torch.zeros(1, 4, 8, 8)
     pos = model.extra_conds(noise=noise, pooled_output=pooled, prompt_type="positive")["y"]
     neg = model.extra_conds(noise=noise, pooled_output=pooled, prompt_type="negative")["y"]
-    score = lambda y: y[0, -256:]  # noqa: E731
+    score = lambda y: y[0, -256:]
     assert torch.allclose(score(pos), timestep_embedding(torch.tensor([6.0]), 256)[0])
     assert torch.allclose(score(neg), timestep_embedding(torch.tensor([2.5]), 256)[0])
 
@@ -217,3 +217,19 @@ def test_unclip_sd2_adm_without_conditioning_is_zeros():
     model = tiny_model("sd2_unclip")
     y = model.extra_conds(noise=torch.zeros(1, 4, 8, 8))["y"]
     assert torch.equal(y, torch.zeros(1, 128))
+
+
+@pytest.mark.cuda
+def test_tiny_sdxl_on_cuda_fp16_matches_cpu_fp32():
+    sd = TensorDict(fm.checkpoint_state_dict("sdxl", text=False, vae=False, dtype=torch.float32))
+    cpu = build_diffusion_model(sd, device="cpu", dtype=torch.float32, source="cpu")
+    gpu = build_diffusion_model(sd, device="cuda", dtype=torch.float16, source="cuda")
+    assert gpu.device.type == "cuda" and gpu.dtype == torch.float16
+    g = torch.Generator().manual_seed(0)
+    x, ctx = torch.randn(2, 4, 16, 16, generator=g), torch.randn(2, 77, 80, generator=g)
+    y = torch.randn(2, fm.POOLED_G + 6 * 256, generator=g)
+    sigma = torch.tensor([3.0, 0.5])
+    ref = cpu.apply_model(x, sigma, context=ctx, y=y)
+    out = gpu.apply_model(x.cuda(), sigma.cuda(), context=ctx.cuda(), y=y.cuda()).cpu()
+    assert out.dtype == torch.float32
+    assert (out - ref).abs().max() / ref.abs().max() < 2e-2

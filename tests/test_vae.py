@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import fixtures_models as fm
 import pytest
 import torch
 from safetensors.torch import load_file
 
-import fixtures_models as fm
 from comfy_core.models.checkpoint import build_vae
 from comfy_core.models.state_dict import TensorDict, open_state_dict
 from comfy_core.models.vae import VAE, PixelSpaceVAE, _feather_mask, tiled_apply
@@ -59,7 +59,7 @@ def test_feather_mask_ramps():
 
 def test_tiled_apply_of_a_pointwise_fn_equals_the_whole():
     x = torch.randn(1, 4, 20, 27)
-    up = lambda t: torch.nn.functional.interpolate(t, scale_factor=8.0, mode="nearest")[:, :3] * 2  # noqa: E731
+    up = lambda t: torch.nn.functional.interpolate(t, scale_factor=8.0, mode="nearest")[:, :3] * 2
     tiled = tiled_apply(x, up, (8, 8), 2, 8, 3)
     assert torch.allclose(tiled, up(x), atol=1e-5)
     calls = []

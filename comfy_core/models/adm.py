@@ -27,7 +27,7 @@ def size_features(values: Sequence[float], batch: int) -> torch.Tensor:
 
 def squaredcos_betas(timesteps: int, max_beta: float = 0.999) -> torch.Tensor:
     """Nichol & Dhariwal 2021 cosine schedule: beta_i = 1 - abar((i+1)/T)/abar(i/T), abar(t) = cos²((t+.008)/1.008·π/2)."""
-    abar = lambda t: math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2  # noqa: E731
+    abar = lambda t: math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2
     return torch.tensor([min(1 - abar((i + 1) / timesteps) / abar(i / timesteps), max_beta) for i in range(timesteps)],
                         dtype=torch.float64)
 

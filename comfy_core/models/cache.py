@@ -22,7 +22,12 @@ import torch
 
 from ..errors import ModelLoadError
 from .checkpoint import (
-    build_clip, build_diffusion_model, build_vae, default_device_dtype, find_vae_prefix, open_model_file,
+    build_clip,
+    build_diffusion_model,
+    build_vae,
+    default_device_dtype,
+    find_vae_prefix,
+    open_model_file,
 )
 from .diffusion import DiffusionModel
 from .state_dict import StateDict

@@ -14,9 +14,16 @@ import torch
 
 from ..errors import ModelLoadError
 from .adm import NoiseAugmentor
-from .detect import ModelSpec, detect_model, detect_vae_config, find_unet_prefix, find_vae_prefix
+from .detect import (
+    ModelSpec,
+    detect_model,
+    detect_vae_config,
+    find_unet_prefix,
+    find_vae_prefix,
+)
 from .diffusion import DiffusionModel
 from .state_dict import PrefixView, StateDict, materialize, open_state_dict
+from .text_encoders import load_clip_from_state_dict
 from .unet import UNetModel
 from .vae import VAE, AutoencoderKL
 
@@ -73,11 +80,6 @@ def _without_loss_keys(sd: StateDict) -> StateDict:
 def build_clip(sd: StateDict, *, device: Any, dtype: torch.dtype, source: str,
                embedding_dirs: Iterable[str] = ()) -> Any | None:
     """The text encoder(s) of a whole checkpoint, via the text-encoder module; None when the file has none."""
-    try:
-        from .text_encoders import load_clip_from_state_dict  # noqa: PLC0415 (lands separately)
-    except ImportError:
-        log.warning("%s: text encoders are not available in this build; CLIP output is None", source)
-        return None
     # dtype None: the text encoders keep ComfyUI's float16 weight storage (float32 compute) on every device
     return load_clip_from_state_dict(sd, device=device, dtype=None, embedding_dirs=tuple(embedding_dirs))
 

@@ -66,7 +66,7 @@ class DiffusionModel:
     def memory_bytes(self) -> int:
         return sum(p.numel() * p.element_size() for p in self.unet.parameters())
 
-    def clone(self) -> "DiffusionModel":
+    def clone(self) -> DiffusionModel:
         """A new MODEL sharing the UNet weights, with its own patch list and options."""
         other = object.__new__(DiffusionModel)
         other.__dict__.update(self.__dict__)
@@ -74,7 +74,7 @@ class DiffusionModel:
                                "transformer_options": dict(self.model_options.get("transformer_options", {}))}
         return other
 
-    def add_patches(self, patch: LoraPatch) -> "DiffusionModel":
+    def add_patches(self, patch: LoraPatch) -> DiffusionModel:
         """Append a LoRA patch to THIS object (call on a clone)."""
         self.patches = self.patches + (patch,)
         return self

@@ -13,10 +13,9 @@ import contextlib
 import logging
 import threading
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Iterator
 
 import torch
 
@@ -80,7 +79,7 @@ class PatchState:
         self.backups: dict[str, torch.Tensor] = {}
 
     @staticmethod
-    def of(module: torch.nn.Module) -> "PatchState":
+    def of(module: torch.nn.Module) -> PatchState:
         state = module.__dict__.get("_comfy_patch_state")
         if state is None:
             state = module.__dict__.setdefault("_comfy_patch_state", PatchState())

@@ -173,7 +173,7 @@ class SafetensorsFile(StateDict):
         self._scratch = None
         self._file.close()
 
-    def __enter__(self) -> "SafetensorsFile":
+    def __enter__(self) -> SafetensorsFile:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -246,7 +246,7 @@ def _load_torch_file(path: Path) -> TensorDict:
             if "mmap" not in str(e):
                 raise
             obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # pickle errors, zip errors, refused globals: all mean "not a loadable weights file"
+    except Exception as e:  # noqa: BLE001 - pickle errors, zip errors, refused globals: all mean "not a loadable weights file"
         raise ModelLoadError(f"{path}: cannot read as a PyTorch weights file: {e}") from None
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]

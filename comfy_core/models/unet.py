@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,9 @@ def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: float = 10
 
 def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, backend: str | None) -> torch.Tensor:
     """[B, S, H*D] q and [B, T, H*D] k/v -> [B, S, H*D] through the attention dispatcher."""
-    from comfy_core.kernels.attention import attention  # lazy: keeps kernels' optional deps off the import path
+    from comfy_core.kernels.attention import (
+        attention,  # lazy: keeps kernels' optional deps off the import path
+    )
 
     b, s, inner = q.shape
     d = inner // heads
@@ -132,7 +134,7 @@ class SpatialTransformer(nn.Module):
         self.proj_out = nn.Linear(inner, channels) if use_linear else nn.Conv2d(inner, channels, 1)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor, backend: str | None = None) -> torch.Tensor:
-        b, c, h, w = x.shape
+        b, _, h, w = x.shape
         x_in = x
         x = self.norm(x)
         if not self.use_linear:

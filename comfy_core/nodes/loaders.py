@@ -13,6 +13,7 @@ import torch
 
 from .. import context
 from ..errors import ModelLoadError
+from ..models import text_encoders
 from ..models.cache import ModelCache
 from ..models.lora import LoraPatch, clip_lora_targets, lora_patches_for, unet_targets
 from ..models.vae import PixelSpaceVAE
@@ -57,9 +58,18 @@ def _embedding_dirs() -> tuple[str, ...]:
         return ()
 
 
+def _with_engine_options(model: Any) -> Any:
+    """The engine's attention backend choice travels with the MODEL into every UNet call."""
+    backend = getattr(context.current().config, "attention_backend", "auto")
+    if model is not None and backend not in (None, "", "auto"):
+        model.model_options["transformer_options"]["attention_backend"] = backend
+    return model
+
+
 def load_checkpoint(ckpt_name: str) -> tuple[Any, Any, Any]:
     path = _full_path("checkpoints", ckpt_name)
-    return _cache().load_checkpoint(path, embedding_dirs=_embedding_dirs(), **_device_dtype())
+    model, clip, vae = _cache().load_checkpoint(path, embedding_dirs=_embedding_dirs(), **_device_dtype())
+    return _with_engine_options(model), clip, vae
 
 
 class CheckpointLoaderSimple:
@@ -109,7 +119,7 @@ class UNETLoader:
         if weight_dtype != "default":
             log.warning("UNETLoader: %s storage is not implemented; loading %s in the engine dtype", weight_dtype,
                         unet_name)
-        return (_cache().load_unet(path, **_device_dtype()),)
+        return (_with_engine_options(_cache().load_unet(path, **_device_dtype())),)
 
 
 class PixelSpace:
@@ -136,14 +146,13 @@ class VAELoader:
 
 def _text_encoders():
     try:
-        from ..models import text_encoders  # noqa: PLC0415 (written by the text-encoder engineer)
+        from ..models import text_encoders
     except ImportError:
         raise ModelLoadError("text encoder support is not available in this build") from None
     return text_encoders
 
 
 def _load_clip_files(names: list[str], clip_type: str, device_choice: str) -> Any:
-    te = _text_encoders()
     paths = [_full_path("text_encoders", n) for n in names]
     device = _device_dtype()["device"] or torch.device("cpu")
     if device_choice == "cpu":
@@ -152,11 +161,11 @@ def _load_clip_files(names: list[str], clip_type: str, device_choice: str) -> An
     cache = _cache()
 
     def load() -> Any:
-        from ..models.state_dict import open_state_dict  # noqa: PLC0415
+        from ..models.state_dict import open_state_dict
 
         sds = [open_state_dict(p) for p in paths]
         try:
-            return te.load_clip_files(sds, clip_type, **dd)
+            return text_encoders.load_clip_files(sds, clip_type, **dd)
         finally:
             for sd in sds:
                 sd.close()
@@ -225,7 +234,7 @@ def apply_lora(model: Any, clip: Any, lora_sd: dict[str, torch.Tensor], strength
         if found.get("unet"):
             new_model.add_patches(LoraPatch(found["unet"], float(strength_model), name))
     if clip is not None and strength_clip != 0:
-        from ..models.clip_lora import clip_with_patches  # noqa: PLC0415
+        from ..models.clip_lora import clip_with_patches
 
         new_clip = clip_with_patches(clip, {r: w for r, w in found.items() if r != "unet"}, strength_clip, name)
     return new_model, new_clip
