@@ -96,9 +96,6 @@ class Engine:
         self._pending_free = {"unload_models": False, "free_memory": False}
 
     def _make_model_cache(self):
-        import importlib.util
-        if importlib.util.find_spec("comfy_core.models.cache") is None:  # TODO(lead): remove once cache.py lands
-            return None
         from .models.cache import ModelCache
 
         return ModelCache(cpu_budget_bytes=self.config.cpu_model_budget_bytes,
