@@ -45,11 +45,12 @@ class NoiseAugmentor:
         self.data_mean = data_mean.float() if data_mean is not None else torch.zeros(1, timestep_dim)
         self.data_std = data_std.float() if data_std is not None else torch.ones(1, timestep_dim)
 
-    def __call__(self, x: torch.Tensor, noise_level: int, seed: int | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """x [B, D] -> (noised x [B, D], noise-level embedding [1, timestep_dim])."""
-        x = (x.float() - self.data_mean) * (1.0 / self.data_std)
-        gen = torch.Generator().manual_seed(seed) if seed is not None else None  # same numbers as ComfyUI's manual_seed
-        noise = torch.randn(x.size(), dtype=x.dtype, generator=gen)
+    def __call__(self, x: torch.Tensor, noise_level: int,
+                 generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """x [B, D] -> (noised x [B, D], noise-level embedding [1, timestep_dim]); noise drawn from `generator`
+        (None: torch's default generator, as ComfyUI does for an unseeded call)."""
+        x = (x.float() - self.data_mean) / self.data_std
+        noise = torch.randn(x.size(), dtype=x.dtype, generator=generator)
         t = noise_level
         z = self.sqrt_ac[t] * x + self.sqrt_1m_ac[t] * noise
         z = z * self.data_std + self.data_mean
@@ -67,20 +68,27 @@ def _image_embeds(output: Any) -> torch.Tensor:
 
 def unclip_adm(conds: Sequence[dict], augmentor: NoiseAugmentor, seed: int | None, merge_noise: float = 0.0) -> torch.Tensor:
     """Sum of strength·[noised embedding | level embedding] over every image of every unCLIP entry; several entries
-    are merged by noising their sum again at `merge_noise`."""
-    outs, levels = [], 0
+    are merged by noising their sum again at `merge_noise`.
+
+    Noise stream (ComfyUI on CPU): every image re-seeds one generator with `seed` and draws its noise; the merge
+    step draws WITHOUT re-seeding, so it continues that generator after the last image's draw. (ComfyUI seeds the
+    global torch generator and lets the merge use the global one; a private generator gives the same numbers.)
+    """
+    gen = torch.Generator() if seed is not None else None
+    outs = []
     for cond in conds:
         for embed in _image_embeds(cond["clip_vision_output"]):
             level = round((augmentor.max_noise_level - 1) * cond["noise_augmentation"])
-            c, level_emb = augmentor(embed.reshape(1, -1), level, seed)
+            if gen is not None:
+                gen.manual_seed(seed)
+            c, level_emb = augmentor(embed.reshape(1, -1), level, gen)
             outs.append(torch.cat((c, level_emb), 1) * cond["strength"])
-            levels += 1
-    if levels == 0:
+    if not outs:
         raise ComfyCoreError("empty unCLIP conditioning")
     adm = outs[0]
-    if levels > 1:
+    if len(outs) > 1:
         summed = torch.stack(outs).sum(0)
         level = round((augmentor.max_noise_level - 1) * merge_noise)
-        c, level_emb = augmentor(summed[:, :augmentor.timestep_dim], level, None)
+        c, level_emb = augmentor(summed[:, :augmentor.timestep_dim], level, gen)
         adm = torch.cat((c, level_emb), 1)
     return adm

@@ -49,9 +49,9 @@ def build_diffusion_model(
     unet = materialize(lambda: UNetModel(spec.unet), unet_sd, dtype=dtype, device=device, source=source, what="UNet")
     augmentor = None
     if spec.family == "sd2_unclip":
-        mean, std = sd.get("noise_augmentor.data_mean"), sd.get("noise_augmentor.data_std")
-        dim = mean.shape[-1] if mean is not None else spec.unet.adm_in_channels // 2
-        augmentor = NoiseAugmentor(dim, mean, std)
+        # ComfyUI builds the augmentor from its model config (timestep_dim = half the ADM width) and loads only the
+        # UNet's weights, so any noise_augmentor.data_mean/data_std in the file are ignored: mean 0, std 1.
+        augmentor = NoiseAugmentor(spec.unet.adm_in_channels // 2)
     model = DiffusionModel(unet, spec, source=source, noise_augmentor=augmentor)
     log.info("loaded %s UNet (%s, %s) from %s", spec.comfy_name, spec.prediction, dtype, source)
     return model

@@ -174,13 +174,14 @@ class DiffusionModel:
             conds = kw.get("unclip_conditioning")
             if not conds:
                 return torch.zeros((1, self.spec.unet.adm_in_channels))
-            return unclip_adm(conds, self.noise_augmentor, kw.get("seed"), merge_noise=0.05)
+            return unclip_adm(conds, self.noise_augmentor, _unclip_seed(kw),
+                              merge_noise=kw.get("unclip_noise_augment_merge", 0.05))
         return None
 
     def _sdxl_pooled(self, kw: Mapping[str, Any]) -> torch.Tensor:
         if kw.get("unclip_conditioning") and self.noise_augmentor is not None:
-            seed = kw.get("seed", 0) - 10
-            return unclip_adm(kw["unclip_conditioning"], self.noise_augmentor, seed)[:, : self.spec.pooled_dim]
+            adm = unclip_adm(kw["unclip_conditioning"], self.noise_augmentor, _unclip_seed(kw))
+            return adm[:, : self.spec.pooled_dim]
         pooled = kw.get("pooled_output")
         if pooled is None:
             raise ComfyCoreError(f"{self.spec.comfy_name} models need a pooled text embedding (pooled_output) in the "
@@ -206,6 +207,12 @@ class DiffusionModel:
             mask = resize_center(mask, noise.shape[-2:])
         mask = resize_to_batch(mask.round(), noise.shape[0])
         return torch.cat([mask.to(noise), image.to(noise)], dim=1)
+
+
+def _unclip_seed(kw: Mapping[str, Any]) -> int:
+    """ComfyUI noises unCLIP image embeddings with the sampler seed minus 10 (0 - 10 when there is no seed)."""
+    seed = kw.get("seed")
+    return (0 if seed is None else int(seed)) - 10
 
 
 def resize_center(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
