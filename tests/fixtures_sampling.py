@@ -23,7 +23,9 @@ import torch
 from safetensors.torch import load_file
 
 from comfy_core.models.model_sampling import SD15_LATENT, ModelSampling
-from comfy_core.sampling.common import DISABLE_CFG1_OPTIMIZATION, POST_CFG_FUNCTIONS
+from comfy_core.sampling.common import (
+    DISABLE_CFG1_OPTIMIZATION, POST_CFG_FUNCTIONS, GuidedPrediction, guidance_is_plain,
+)
 from comfy_core.sampling.noise import prepare_noise
 from comfy_core.sampling.schedulers import ksampler_sigmas
 
@@ -52,13 +54,19 @@ class ToyCFGDenoiser:
 
     cond and uncond rows run as one batch of 2; at cfg 1 the uncond pass is skipped (its prediction is zeros) unless
     model_options sets "disable_cfg1_optimization"; post-CFG hooks get ComfyUI's argument dict. Each call's per-row
-    sigmas are recorded in `calls`.
+    sigmas are recorded in `calls`. Like `CFGDenoiser` it offers `predict_guided` (the parts before the combine)
+    when no hooks are set, so the reference cases run the samplers' fused path; `fused=False` hides it, and
+    `guided_calls` counts the evaluations that went through it.
     """
 
-    def __init__(self, F: torch.Tensor, cfg: float, conditioned: bool, model_sampling: ModelSampling | None = None):
+    def __init__(self, F: torch.Tensor, cfg: float, conditioned: bool, model_sampling: ModelSampling | None = None,
+                 fused: bool = True):
         self.F, self.cfg, self.conditioned = F, cfg, conditioned
         self.model_sampling = model_sampling
         self.calls: list[list[float]] = []
+        self.guided_calls = 0
+        if not fused:
+            self.predict_guided = None  # shadows the method: guided_prediction then calls the model whole
 
     def _toy(self, x: torch.Tensor, sigma: torch.Tensor, c_means: list[float]) -> torch.Tensor:
         s = sigma.reshape(-1, 1, 1, 1)  # [B] -> [B,1,1,1]
@@ -68,19 +76,31 @@ class ToyCFGDenoiser:
         c = torch.tensor(c_means, dtype=x.dtype, device=x.device).reshape(-1, 1, 1, 1)
         return out + self.F * c
 
-    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, model_options: dict[str, Any] | None = None,
-                 **_: Any) -> torch.Tensor:
-        model_options = model_options or {}
+    def _predict(self, x: torch.Tensor, sigma: torch.Tensor,
+                 model_options: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(cond, uncond), uncond None when the cfg-1 shortcut skips it."""
         skip_uncond = math.isclose(self.cfg, 1.0) and not model_options.get(DISABLE_CFG1_OPTIMIZATION, False)
         b = x.shape[0]
         if skip_uncond:
-            cond = self._toy(x, sigma, [1.0] * b)
-            uncond = torch.zeros_like(cond)
             self.calls.append([float(s) for s in sigma])
-        else:
-            out = self._toy(torch.cat([x, x]), torch.cat([sigma, sigma]), [1.0] * b + [0.25] * b)
-            cond, uncond = out[:b], out[b:]
-            self.calls.append([float(s) for s in torch.cat([sigma, sigma])])
+            return self._toy(x, sigma, [1.0] * b), None
+        out = self._toy(torch.cat([x, x]), torch.cat([sigma, sigma]), [1.0] * b + [0.25] * b)
+        self.calls.append([float(s) for s in torch.cat([sigma, sigma])])
+        return out[:b], out[b:]
+
+    def predict_guided(self, x: torch.Tensor, sigma: torch.Tensor, model_options: dict[str, Any] | None = None,
+                        **_: Any) -> GuidedPrediction | None:
+        model_options = model_options or {}
+        if not guidance_is_plain(model_options):
+            return None
+        self.guided_calls += 1
+        return GuidedPrediction(*self._predict(x, sigma, model_options), self.cfg)
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, model_options: dict[str, Any] | None = None,
+                 **_: Any) -> torch.Tensor:
+        model_options = model_options or {}
+        cond, uncond = self._predict(x, sigma, model_options)
+        uncond = torch.zeros_like(cond) if uncond is None else uncond
         denoised = uncond + (cond - uncond) * self.cfg
         for fn in model_options.get(POST_CFG_FUNCTIONS, []):
             denoised = fn({"denoised": denoised, "cond_denoised": cond, "uncond_denoised": uncond,
@@ -88,10 +108,11 @@ class ToyCFGDenoiser:
         return denoised
 
 
-def make_toy(section: str, model_sampling: ModelSampling | None = None) -> ToyCFGDenoiser:
+def make_toy(section: str, model_sampling: ModelSampling | None = None, fused: bool = True) -> ToyCFGDenoiser:
     if section not in SECTIONS:
         raise ValueError(f"unknown section {section!r}")
-    return ToyCFGDenoiser(sampler_tensors()["F"], SECTIONS[section], section == "samplers_cfg", model_sampling)
+    return ToyCFGDenoiser(sampler_tensors()["F"], SECTIONS[section], section == "samplers_cfg", model_sampling,
+                          fused)
 
 
 def case_sigmas(name: str) -> torch.Tensor:
@@ -100,15 +121,16 @@ def case_sigmas(name: str) -> torch.Tensor:
     return ksampler_sigmas(ModelSampling(), "karras", STEPS, 1.0, name in DISCARD_PENULTIMATE_SIGMA_SAMPLERS)
 
 
-def run_reference_case(name: str, section: str,
-                       seed: int = SEED) -> tuple[torch.Tensor, torch.Tensor, list[list[float]]]:
-    """Run sampler `name` like ComfyUI's KSampler on the toy; returns (ours, expected, per-call sigmas)."""
+def run_reference_case(name: str, section: str, seed: int = SEED,
+                       fused: bool = True) -> tuple[torch.Tensor, torch.Tensor, list[list[float]]]:
+    """Run sampler `name` like ComfyUI's KSampler on the toy; returns (ours, expected, per-call sigmas).
+    `fused=False`: the toy hides `predict_guided`, so every sampler gets the combined prediction."""
     from comfy_core.sampling.samplers import SAMPLERS
 
     if name not in SAMPLERS:
         raise NotImplementedError(name)
     ms = ModelSampling()
-    model = make_toy(section, ms)
+    model = make_toy(section, ms, fused)
     sigmas = case_sigmas(name)
     latent = SD15_LATENT.process_in(torch.zeros(1, 4, 8, 8))
     noise = prepare_noise(latent, seed)

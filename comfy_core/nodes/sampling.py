@@ -22,6 +22,11 @@ def _cfg_options() -> dict[str, Any]:
     return {"default": 8.0, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01}
 
 
+def _attention_backend() -> str | None:
+    """The engine's attention backend choice (EngineConfig.attention_backend), forced on the UNet for this run."""
+    return getattr(context.current().config, "attention_backend", None)
+
+
 def _step_reporter(model):
     """Per-step callback: progress (an interrupt point) plus a latent2rgb preview when a client asked for one."""
     ctx = context.current()
@@ -62,7 +67,7 @@ class KSampler:
     def sample(self, model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image, denoise=1.0):
         latent = sample_latent(model, latent_image, positive, negative, seed=seed, steps=steps, cfg=cfg,
                                sampler_name=sampler_name, scheduler=scheduler, denoise=denoise,
-                               on_step=_step_reporter(model))
+                               on_step=_step_reporter(model), attention_backend=_attention_backend())
         return (latent,)
 
 
@@ -95,7 +100,7 @@ class KSamplerAdvanced:
                                sampler_name=sampler_name, scheduler=scheduler, denoise=denoise,
                                add_noise=add_noise == "enable", start_step=start_at_step, last_step=end_at_step,
                                force_full_denoise=return_with_leftover_noise != "enable",
-                               on_step=_step_reporter(model))
+                               on_step=_step_reporter(model), attention_backend=_attention_backend())
         return (latent,)
 
 

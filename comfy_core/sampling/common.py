@@ -11,7 +11,7 @@ GPU; only the tensor updates of x run on the device.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import torch
 
@@ -29,9 +29,24 @@ class Denoiser(Protocol):
 
     It may expose `model_sampling` (a `ModelSampling`) for samplers that re-noise through the model's own
     `noise_scaling` (lcm); without it the VE formula x0 + sigma·noise is used.
+
+    It may also expose `predict_guided(x, sigma, **extra_args) -> GuidedPrediction | None`: the same evaluation
+    stopped before the CFG combine, so that samplers can fuse the combine into their update (see
+    `guided_prediction`). It returns None when the combine is not the plain formula (post-CFG hooks, a wrapper that
+    edits the result such as inpainting); the sampler then calls the model as usual. Never both for one evaluation.
+    An attribute `predict_guided = None` means the same as not having it.
     """
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor, **extra_args: Any) -> torch.Tensor: ...
+
+
+class GuidedPrediction(NamedTuple):
+    """A prediction before classifier-free guidance: denoised = uncond + cfg·(cond − uncond), or cond when
+    uncond is None (no guidance, ComfyUI's cfg-1 shortcut)."""
+
+    cond: torch.Tensor  # [B,C,H,W] conditional denoised prediction
+    uncond: torch.Tensor | None  # [B,C,H,W] unconditional one, or None
+    cfg: float
 
 
 class SamplerFn(Protocol):
@@ -124,6 +139,22 @@ class UncondCapture:
             raise RuntimeError("the denoiser did not call the post-CFG hooks of model_options; CFG++ samplers need "
                                f"'{POST_CFG_FUNCTIONS}' support (see comfy_core.sampling.common)")
         return self.uncond
+
+
+def guidance_is_plain(model_options: Mapping[str, Any]) -> bool:
+    """Whether the guided prediction under these model_options is exactly uncond + cfg·(cond − uncond), so a sampler
+    may combine cond/uncond itself (no post-CFG hooks, which may replace the result or capture its parts)."""
+    return not model_options.get(POST_CFG_FUNCTIONS)
+
+
+def guided_prediction(model: Denoiser, x: torch.Tensor, sigma: torch.Tensor,
+                      extra_args: Mapping[str, Any]) -> GuidedPrediction:
+    """One model evaluation as CFG parts: the denoiser's `predict_guided` when it offers one for this call, else
+    `model(...)` as an unguided prediction (uncond None, cfg 1). Samplers feed the parts to a fused step
+    (`comfy_core.kernels.sampler_step.cfg_*_step`), which combines them exactly as the guider would."""
+    predict = getattr(model, "predict_guided", None)
+    parts = predict(x, sigma, **extra_args) if predict is not None else None
+    return parts if parts is not None else GuidedPrediction(model(x, sigma, **extra_args), None, 1.0)
 
 
 def report(callback: Callback | None, x: torch.Tensor, i: int, sigma: torch.Tensor, sigma_hat: torch.Tensor,

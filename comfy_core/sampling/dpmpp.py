@@ -10,8 +10,9 @@ from typing import Any
 
 import torch
 
+from comfy_core.kernels.sampler_step import cfg_dpmpp_2m_step
 from comfy_core.sampling.common import (
-    Callback, Denoiser, SamplerFn, UncondCapture, get_ancestral_step, host_sigmas, report, to_d,
+    Callback, Denoiser, SamplerFn, UncondCapture, get_ancestral_step, guided_prediction, host_sigmas, report, to_d,
 )
 from comfy_core.sampling.noise import BrownianTreeNoiseSampler, NoiseSampler, default_noise_sampler
 
@@ -140,22 +141,17 @@ def sample_dpmpp_sde_gpu(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor,
 def sample_dpmpp_2m(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *,
                     extra_args: dict[str, Any] | None = None, callback: Callback | None = None,
                     noise_sampler: NoiseSampler | None = None, seed: int | None = None) -> torch.Tensor:
-    """DPM-Solver++(2M): second-order multistep using the previous step's denoised prediction."""
+    """DPM-Solver++(2M): second-order multistep using the previous step's denoised prediction (CFG fused in)."""
     extra_args = extra_args or {}
     sig, s_in = host_sigmas(sigmas), x.new_ones([x.shape[0]])
+    sig_f = sig.tolist()
     old_denoised = None
     for i in range(len(sig) - 1):
-        denoised = model(x, sig[i] * s_in, **extra_args)
-        report(callback, x, i, sig[i], sig[i], denoised)
-        t, t_next = _t(sig[i]), _t(sig[i + 1])
-        h = t_next - t
-        if old_denoised is None or sig[i + 1] == 0:
-            denoised_d = denoised
-        else:
-            r = (t - _t(sig[i - 1])) / h
-            denoised_d = (1 + 1 / (2 * r)) * denoised - (1 / (2 * r)) * old_denoised
-        x = (_sigma(t_next) / _sigma(t)) * x - (-h).expm1() * denoised_d
-        old_denoised = denoised
+        p = guided_prediction(model, x, sig[i] * s_in, extra_args)
+        step = cfg_dpmpp_2m_step(x, p.cond, p.uncond, p.cfg, sig_f[i], sig_f[i + 1], old_denoised,
+                                 sig_f[i - 1] if i > 0 else None)
+        report(callback, x, i, sig[i], sig[i], step.denoised)
+        x, old_denoised = step.x, step.denoised
     return x
 
 

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .common import DISABLE_CFG1_OPTIMIZATION, POST_CFG_FUNCTIONS
+from .common import DISABLE_CFG1_OPTIMIZATION, POST_CFG_FUNCTIONS, GuidedPrediction, guidance_is_plain
 
 POSITIVE, NEGATIVE = 0, 1
 AREA_FEATHER = 8  # latent pixels over which an area's edges fade in (ComfyUI's "fuzz")
@@ -219,12 +219,28 @@ class CFGDenoiser:
         self.model_sampling = model.model_sampling
         self.positive, self.negative, self.cfg = positive, negative, float(cfg)
 
-    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, model_options: dict[str, Any] | None = None,
-                 **_: Any) -> torch.Tensor:
-        options = {**self.model.model_options, **(model_options or {})}
+    def _predict(self, x: torch.Tensor, sigma: torch.Tensor,
+                 options: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, bool]:
+        """(cond, uncond, skipped): at cfg 1 the uncond pass is skipped and its prediction is zeros."""
         skip_uncond = math.isclose(self.cfg, 1.0) and not options.get(DISABLE_CFG1_OPTIMIZATION, False)
         cond, uncond = calc_cond_batch(self.model, [self.positive, None if skip_uncond else self.negative],
                                        x, sigma, options)
+        return cond, uncond, skip_uncond
+
+    def predict_guided(self, x: torch.Tensor, sigma: torch.Tensor, model_options: dict[str, Any] | None = None,
+                       **_: Any) -> GuidedPrediction | None:
+        """cond/uncond before the combine, for samplers that fuse it into their update (`common.guided_prediction`);
+        None when post-CFG hooks must see the combined result."""
+        options = {**self.model.model_options, **(model_options or {})}
+        if not guidance_is_plain(options):
+            return None
+        cond, uncond, skipped = self._predict(x, sigma, options)
+        return GuidedPrediction(cond, None if skipped else uncond, self.cfg)
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, model_options: dict[str, Any] | None = None,
+                 **_: Any) -> torch.Tensor:
+        options = {**self.model.model_options, **(model_options or {})}
+        cond, uncond, _skipped = self._predict(x, sigma, options)
         denoised = uncond + (cond - uncond) * self.cfg
         for hook in options.get(POST_CFG_FUNCTIONS, []):
             denoised = hook({"denoised": denoised, "cond": self.positive, "uncond": self.negative,
@@ -235,7 +251,8 @@ class CFGDenoiser:
 
 class InpaintDenoiser:
     """Keeps the unmasked region on the source latent (ComfyUI's KSamplerX0Inpaint): before each call the kept
-    region is re-noised to the current sigma from `noise`, after it the prediction there is the source latent."""
+    region is re-noised to the current sigma from `noise`, after it the prediction there is the source latent.
+    It has no `predict_guided`: the blend acts on the combined prediction, so samplers call it whole."""
 
     def __init__(self, inner: CFGDenoiser, latent_image: torch.Tensor, noise: torch.Tensor, mask: torch.Tensor):
         self.inner, self.latent_image, self.noise, self.mask = inner, latent_image, noise, mask

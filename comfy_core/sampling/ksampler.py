@@ -10,6 +10,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ..kernels.attention import requested_backend
 from .guidance import NEGATIVE, POSITIVE, CFGDenoiser, InpaintDenoiser, prepare_conds
 from .noise import inpaint_random_noise, prepare_noise
 from .samplers import DISCARD_PENULTIMATE_SIGMA_SAMPLERS, RANDOM_INPAINT_NOISE_SAMPLERS, get_sampler
@@ -83,8 +84,11 @@ def step_sigmas(model, sampler_name: str, scheduler: str, steps: int, denoise: f
 def sample_latent(model, latent: dict[str, Any], positive: list, negative: list, *, seed: int, steps: int, cfg: float,
                   sampler_name: str, scheduler: str, denoise: float = 1.0, add_noise: bool = True,
                   start_step: int | None = None, last_step: int | None = None, force_full_denoise: bool = False,
-                  on_step: StepCallback | None = None) -> dict[str, Any]:
-    """Denoise a LATENT dict; returns a new LATENT dict (ComfyUI's `common_ksampler`)."""
+                  on_step: StepCallback | None = None, attention_backend: str | None = None) -> dict[str, Any]:
+    """Denoise a LATENT dict; returns a new LATENT dict (ComfyUI's `common_ksampler`).
+
+    `attention_backend` (e.g. `EngineConfig.attention_backend`): forces the UNet's attention backend for this run;
+    None / "auto" keep the model's own choice (see `kernels.attention`)."""
     latent_image = fix_empty_latent_channels(model, latent["samples"])
     if add_noise:
         noise = prepare_noise(latent_image, seed, latent.get("batch_index"))
@@ -96,26 +100,37 @@ def sample_latent(model, latent: dict[str, Any], positive: list, negative: list,
         out["samples"] = latent_image
         return out
     out["samples"] = run_sampler(model, noise, sigmas, positive, negative, cfg, sampler_name, latent_image,
-                                 latent.get("noise_mask"), seed, on_step)
+                                 latent.get("noise_mask"), seed, on_step, attention_backend=attention_backend)
     return out
 
 
 def run_sampler(model, noise: torch.Tensor, sigmas: torch.Tensor, positive: list, negative: list, cfg: float,
                 sampler_name: str, latent_image: torch.Tensor, noise_mask: torch.Tensor | None, seed: int,
-                on_step: StepCallback | None) -> torch.Tensor:
+                on_step: StepCallback | None, *, attention_backend: str | None = None) -> torch.Tensor:
     negative = share_control_with_uncond(positive, negative)
     controls = controls_of(positive, negative)
     for control in controls:
         control.pre_run(model, model.model_sampling.percent_to_sigma)
     try:
         return _sample(model, noise, sigmas, positive, negative, cfg, sampler_name, latent_image, noise_mask, seed,
-                       on_step)
+                       on_step, guider_model_options(model, attention_backend))
     finally:
         for control in controls:
             control.cleanup()
 
 
-def _sample(model, noise, sigmas, positive, negative, cfg, sampler_name, latent_image, noise_mask, seed, on_step):
+def guider_model_options(model, attention_backend: str | None) -> dict[str, Any]:
+    """The model_options the sampler hands the guider: a forced attention backend merged into (not replacing) the
+    model's own transformer_options, which the UNet reads as transformer_options["attention_backend"]."""
+    if attention_backend in (None, "", "auto"):
+        return {}
+    requested_backend(attention_backend)  # an unknown name fails here, before any step
+    own = model.model_options.get("transformer_options", {})
+    return {"transformer_options": {**own, "attention_backend": attention_backend}}
+
+
+def _sample(model, noise, sigmas, positive, negative, cfg, sampler_name, latent_image, noise_mask, seed, on_step,
+            model_options: dict[str, Any] | None = None):
     device = model.device
     if torch.count_nonzero(latent_image) > 0:  # an empty latent is not shifted
         latent_image = model.process_latent_in(latent_image)
@@ -138,8 +153,9 @@ def _sample(model, noise, sigmas, positive, negative, cfg, sampler_name, latent_
         if on_step is not None:
             on_step(info["i"], total, info["denoised"])
 
-    samples = get_sampler(sampler_name)(denoiser, x, sigmas.to(device), extra_args={"model_options": {}, "seed": seed},
-                                        callback=callback, seed=seed)
+    extra_args = {"model_options": model_options or {}, "seed": seed}
+    samples = get_sampler(sampler_name)(denoiser, x, sigmas.to(device), extra_args=extra_args,
+                                        callback=callback if on_step is not None else None, seed=seed)
     samples = ms.inverse_noise_scaling(sigmas[-1], samples)
     return model.process_latent_out(samples.to(torch.float32)).cpu()
 

@@ -11,6 +11,9 @@ Contract shared by every sampler, in k-diffusion's style:
 * `seed` seeds the sampler's own noise (ancestral: `default_noise_sampler`; SDE: `BrownianTreeNoiseSampler`), the
   KSampler passes its seed as ComfyUI does. `noise_sampler` overrides that choice.
 * `callback({"x", "i", "sigma", "sigma_hat", "denoised"})` after each model evaluation of a step.
+* Fused guidance: euler, euler_ancestral and dpmpp_2m evaluate the model through `common.guided_prediction`, which
+  uses the denoiser's optional `predict_guided` (cond/uncond/cfg before the combine) and otherwise `model(...)`; the
+  update is always `comfy_core.kernels.sampler_step.cfg_*_step` (one Triton pass on CUDA, ComfyUI's float ops on CPU).
 * CFG++ samplers (`*_cfg_pp`) need the unconditional prediction: they add a hook to
   `extra_args["model_options"]["sampler_post_cfg_function"]` and set `"disable_cfg1_optimization"` (ComfyUI's keys).
   The guidance code must run those hooks after the CFG combine as `denoised = fn(args)` with
@@ -36,10 +39,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from comfy_core.kernels.sampler_step import cfg_euler_ancestral_step, cfg_euler_step
 from comfy_core.sampling import dpm_solver, dpmpp
 from comfy_core.sampling.common import (  # noqa: F401  (re-exported helpers)
-    DISABLE_CFG1_OPTIMIZATION, POST_CFG_FUNCTIONS, Callback, Denoiser, SamplerFn, UncondCapture, ancestral_schedule,
-    append_dims, get_ancestral_step, host_sigmas, renoise, report, to_d, with_post_cfg_function,
+    DISABLE_CFG1_OPTIMIZATION, POST_CFG_FUNCTIONS, Callback, Denoiser, GuidedPrediction, SamplerFn, UncondCapture,
+    ancestral_schedule, append_dims, get_ancestral_step, guided_prediction, host_sigmas, renoise, report, to_d,
+    with_post_cfg_function,
 )
 from comfy_core.sampling.noise import (  # noqa: F401
     BrownianTreeNoiseSampler, NoiseSampler, default_noise_sampler,
@@ -93,16 +98,18 @@ def sample_euler(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, extr
                  callback: Callback | None = None, noise_sampler: NoiseSampler | None = None, seed: int | None = None,
                  s_churn: float = 0.0, s_tmin: float = 0.0, s_tmax: float = float("inf"),
                  s_noise: float = 1.0) -> torch.Tensor:
-    """Karras et al. (2022) Algorithm 2 with Euler steps."""
+    """Karras et al. (2022) Algorithm 2 with Euler steps with the CFG combine fused into the update."""
     extra_args = extra_args or {}
     sig, s_in = host_sigmas(sigmas), x.new_ones([x.shape[0]])
+    sig_f = sig.tolist()
     churn_noise = _churn_noise(x, s_churn, noise_sampler, seed)
     for i in range(len(sig) - 1):
         sigma_hat, x = _churn(x, sig, i, s_churn, s_tmin, s_tmax, s_noise, churn_noise)
-        denoised = model(x, sigma_hat * s_in, **extra_args)
-        d = to_d(x, sigma_hat, denoised)
-        report(callback, x, i, sig[i], sigma_hat, denoised)
-        x = x + d * (sig[i + 1] - sigma_hat)
+        p = guided_prediction(model, x, sigma_hat * s_in, extra_args)
+        step = cfg_euler_step(x, p.cond, p.uncond, p.cfg, float(sigma_hat), sig_f[i + 1],
+                              write_denoised=callback is not None)
+        report(callback, x, i, sig[i], sigma_hat, step.denoised)
+        x = step.x
     return x
 
 
@@ -111,20 +118,19 @@ def sample_euler_ancestral(model: Denoiser, x: torch.Tensor, sigmas: torch.Tenso
                            extra_args: dict[str, Any] | None = None, callback: Callback | None = None,
                            noise_sampler: NoiseSampler | None = None, seed: int | None = None, eta: float = 1.0,
                            s_noise: float = 1.0) -> torch.Tensor:
-    """Ancestral sampling with Euler steps (Ho et al. 2020 / Karras et al. 2022 in VE form)."""
+    """Ancestral sampling with Euler steps (Ho et al. 2020 / Karras et al. 2022 in VE form), CFG fused in."""
     extra_args = extra_args or {}
     noise_sampler = noise_sampler or default_noise_sampler(x, seed=seed)
     sig, s_in = host_sigmas(sigmas), x.new_ones([x.shape[0]])
     downs, ups = ancestral_schedule(sig, eta)
-    noise_scales = s_noise * ups  # == ComfyUI's (noise * s_noise) * sigma_up bit for bit when s_noise == 1
-    for i, down in enumerate(downs.tolist()):
-        denoised = model(x, sig[i] * s_in, **extra_args)
-        report(callback, x, i, sig[i], sig[i], denoised)
-        if down == 0:
-            x = denoised
-        else:
-            d = to_d(x, sig[i], denoised)
-            x = x + d * (downs[i] - sig[i]) + noise_sampler(sig[i], sig[i + 1]) * noise_scales[i]
+    sig_f, downs_f, ups_f = sig.tolist(), downs.tolist(), ups.tolist()
+    for i, down in enumerate(downs_f):
+        p = guided_prediction(model, x, sig[i] * s_in, extra_args)
+        noise = noise_sampler(sig[i], sig[i + 1]) if down != 0 else None  # the last step draws none, as ComfyUI
+        step = cfg_euler_ancestral_step(x, p.cond, p.uncond, p.cfg, sig_f[i], down, ups_f[i], noise,
+                                        s_noise=s_noise, write_denoised=callback is not None)
+        report(callback, x, i, sig[i], sig[i], step.denoised)
+        x = step.x
     return x
 
 
