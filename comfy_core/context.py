@@ -7,11 +7,12 @@ several engines can live in one process.
 """
 from __future__ import annotations
 
+import copy
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .errors import ComfyCoreError, Interrupted
@@ -75,7 +76,9 @@ class NodeContext:
             self.on_progress(int(value), int(total), preview)
 
     def for_node(self, node_id: str, on_progress: ProgressHook | None) -> "NodeContext":
-        return replace(self, node_id=node_id, on_progress=on_progress)
+        ctx = copy.copy(self)  # cheaper than dataclasses.replace on the per-node hot path
+        ctx.node_id, ctx.on_progress = node_id, on_progress
+        return ctx
 
 
 _current: ContextVar[NodeContext | None] = ContextVar("comfy_core_node_context", default=None)

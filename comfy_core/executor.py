@@ -81,6 +81,7 @@ class Executor:
         self.registry = registry
         self.cache = cache
         self.instances: dict[tuple[str, str], Any] = {}
+        self._specs: dict[type, dict[str, Any]] = {}  # INPUT_TYPES per class, for the prompt being run
 
     def execute(self, prompt: dict[str, Any], outputs: list[str], prompt_id: str, extra_data: dict[str, Any],
                 ctx: node_context.NodeContext, emit: Callable[[Event], None]) -> RunRecord:
@@ -91,7 +92,9 @@ class Executor:
             emit(event)
 
         record(ExecutionStart(prompt_id=prompt_id, timestamp=now_ms()))
-        signatures = compute_signatures(prompt, outputs, self.registry)
+        self._specs = {}
+        with node_context.use(ctx):  # IS_CHANGED may need engine services (LoadImage hashes its input file)
+            signatures = compute_signatures(prompt, outputs, self.registry)
         cached = {n: r for n, s in signatures.items() if (r := self.cache.get(s)) is not None}
         record(ExecutionCached(nodes=list(cached), prompt_id=prompt_id, timestamp=now_ms()))
         self._forget_instances(prompt)
@@ -167,8 +170,11 @@ class Executor:
 
     def _gather_inputs(self, node_id, node, cls, results, prompt, extra_data) -> dict[str, list[Any]]:
         """Every input as a list: constants → [v], links → the upstream slot's list, hidden → [value]."""
-        spec = cls.INPUT_TYPES()
-        declared = {**spec.get("required", {}), **spec.get("optional", {})}
+        if cls not in self._specs:
+            spec = cls.INPUT_TYPES()
+            self._specs[cls] = {"declared": {**spec.get("required", {}), **spec.get("optional", {})},
+                                "hidden": spec.get("hidden", {})}
+        declared, hidden = self._specs[cls]["declared"], self._specs[cls]["hidden"]
         inputs: dict[str, list[Any]] = {}
         for name, value in node["inputs"].items():
             if is_link(value):
@@ -181,7 +187,7 @@ class Executor:
             "AUTH_TOKEN_COMFY_ORG": extra_data.get("auth_token_comfy_org"),
             "API_KEY_COMFY_ORG": extra_data.get("api_key_comfy_org"),
         }
-        for name, kind in spec.get("hidden", {}).items():
+        for name, kind in hidden.items():
             inputs[name] = [hidden_values.get(kind)]
         return inputs
 

@@ -8,7 +8,6 @@ Where ComfyUI crashes (cycles, links to missing nodes), we return a regular erro
 """
 from __future__ import annotations
 
-import copy
 import inspect
 import traceback
 from collections.abc import Iterable, Mapping
@@ -103,29 +102,36 @@ class _Validator:
         self.prompt = prompt
         self.registry = registry
         self.results: dict[str, tuple[bool, list[dict[str, Any]]]] = {}
-        self.visiting: list[str] = []
+        self.visiting: dict[str, None] = {}  # insertion-ordered set: the current DFS path
+        self._classes: dict[str, tuple[type, dict, dict, set[str], bool]] = {}
 
     def node(self, node_id: str) -> tuple[bool, list[dict[str, Any]]]:
         if node_id in self.results:
             return self.results[node_id]
         if node_id in self.visiting:  # a static cycle: ComfyUI recurses forever here
-            cycle = self.visiting[self.visiting.index(node_id):] + [node_id]
-            raise _CycleError(cycle)
-        self.visiting.append(node_id)
+            path = list(self.visiting)
+            raise _CycleError(path[path.index(node_id):] + [node_id])
+        self.visiting[node_id] = None
         try:
             result = self._check(node_id)
         finally:
-            self.visiting.pop()
+            del self.visiting[node_id]
         self.results[node_id] = result
         return result
 
+    def _class_info(self, class_type: str) -> tuple[type, dict, dict, set[str], bool]:
+        """(class, required, optional, names VALIDATE_INPUTS takes, takes **kwargs), once per class per run."""
+        if class_type not in self._classes:
+            cls = self.registry.get(class_type)
+            spec = cls.INPUT_TYPES()
+            self._classes[class_type] = (cls, spec.get("required", {}), spec.get("optional", {}),
+                                         *validate_inputs_signature(cls))
+        return self._classes[class_type]
+
     def _check(self, node_id: str) -> tuple[bool, list[dict[str, Any]]]:
         node = self.prompt[node_id]
-        cls = self.registry.get(node["class_type"])
-        spec = cls.INPUT_TYPES()
-        required, optional = spec.get("required", {}), spec.get("optional", {})
+        cls, required, optional, skip_checks, takes_kwargs = self._class_info(node["class_type"])
         inputs = node["inputs"]
-        skip_checks, takes_kwargs = validate_inputs_signature(cls)
         errors: list[dict[str, Any]] = []
         valid = True
         linked_types: dict[str, Any] = {}
@@ -287,7 +293,7 @@ def select_outputs(prompt, registry, targets: Iterable[str] | None) -> list[str]
 def validate(prompt: Mapping[str, Any], registry: NodeRegistry,
              partial_execution_targets: Iterable[str] | None = None) -> ValidPrompt:
     """Validate a decoded prompt; raise `PromptError` (ComfyUI's 400 body) unless at least one output is valid."""
-    prompt = copy.deepcopy(dict(prompt))
+    prompt = {node_id: {**node, "inputs": dict(node.get("inputs", {}))} for node_id, node in prompt.items()}  # coercion target
     check_classes(prompt, registry)
     outputs = select_outputs(prompt, registry, partial_execution_targets)
     validator = _Validator(prompt, registry)

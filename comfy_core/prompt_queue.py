@@ -5,7 +5,6 @@
 """
 from __future__ import annotations
 
-import copy
 import heapq
 import threading
 from typing import Any
@@ -58,7 +57,7 @@ class PromptQueue:
             if self._closed:
                 return None
             item = heapq.heappop(self._heap)
-            self._running[item.prompt_id] = QueueItem(copy.deepcopy(tuple(item)))
+            self._running[item.prompt_id] = item  # executing never mutates the validated prompt
             return item
 
     def done(self, prompt_id: str) -> None:

@@ -60,6 +60,7 @@ def _accepts(fn, kwargs) -> bool:
 def compute_signatures(prompt: Mapping[str, Any], node_ids: list[str], registry: NodeRegistry) -> dict[str, str]:
     """Signatures of `node_ids` and all their ancestors (the prompt must be validated: no cycles)."""
     signatures: dict[str, str] = {}
+    hidden_of: dict[str, dict] = {}
 
     def visit(node_id: str) -> str:
         if node_id in signatures:
@@ -67,7 +68,9 @@ def compute_signatures(prompt: Mapping[str, Any], node_ids: list[str], registry:
         node = prompt[node_id]
         cls = registry.get(node["class_type"])
         changed = is_changed_value(cls, node_id, node["inputs"])
-        hidden = cls.INPUT_TYPES().get("hidden", {})
+        if node["class_type"] not in hidden_of:
+            hidden_of[node["class_type"]] = cls.INPUT_TYPES().get("hidden", {})
+        hidden = hidden_of[node["class_type"]]
         parts: list[Any] = [node["class_type"], changed]
         if getattr(cls, "NOT_IDEMPOTENT", False) or "UNIQUE_ID" in hidden.values():
             parts.append(node_id)
