@@ -20,8 +20,15 @@ def _check(vae: Any) -> None:
 
 
 def _progress():
+    """Progress events, for the tiled paths (ComfyUI's tiled VAE ops drive a progress bar)."""
     ctx = context.current_or_none()
     return ctx.progress if ctx is not None else None
+
+
+def _interrupt_check():
+    """For whole-image encode/decode: ComfyUI sends no progress events there, but an interrupt still stops us."""
+    ctx = context.current_or_none()
+    return (lambda value, total: ctx.check_interrupted()) if ctx is not None else None
 
 
 class VAEDecode:
@@ -41,7 +48,7 @@ class VAEDecode:
         latent = samples["samples"]
         if latent.ndim == 5:  # video-style [B, C, T, h, w]: fold frames into the batch
             latent = latent.movedim(2, 1).reshape(-1, latent.shape[1], *latent.shape[-2:])
-        return (vae.decode(latent, _progress()),)
+        return (vae.decode(latent, _interrupt_check()),)
 
 
 class VAEEncode:
@@ -55,7 +62,7 @@ class VAEEncode:
 
     def encode(self, vae: Any, pixels: torch.Tensor) -> tuple[dict[str, torch.Tensor]]:
         _check(vae)
-        return ({"samples": vae.encode(pixels[:, :, :, :3], _progress())},)
+        return ({"samples": vae.encode(pixels[:, :, :, :3], _interrupt_check())},)
 
 
 class VAEDecodeTiled:
@@ -145,7 +152,7 @@ class VAEEncodeForInpaint:
             pixels[:, :, :, c] -= 0.5
             pixels[:, :, :, c] *= keep
             pixels[:, :, :, c] += 0.5
-        latent = vae.encode(pixels, _progress())
+        latent = vae.encode(pixels, _interrupt_check())
         return ({"samples": latent, "noise_mask": grown[:, :, :h, :w].round()},)
 
 
