@@ -98,7 +98,7 @@ def sample_euler(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, extr
                  callback: Callback | None = None, noise_sampler: NoiseSampler | None = None, seed: int | None = None,
                  s_churn: float = 0.0, s_tmin: float = 0.0, s_tmax: float = float("inf"),
                  s_noise: float = 1.0) -> torch.Tensor:
-    """Karras et al. (2022) Algorithm 2 with Euler steps with the CFG combine fused into the update."""
+    """Karras et al. (2022) Algorithm 2 with Euler steps; the CFG combine is fused into the update."""
     extra_args = extra_args or {}
     sig, s_in = host_sigmas(sigmas), x.new_ones([x.shape[0]])
     sig_f = sig.tolist()
