@@ -92,7 +92,7 @@ def test_guided_prediction_falls_back_to_the_plain_contract():
     assert torch.equal(guided_prediction(Declines(), x, sigma, {}).cond, x * 5)
 
 
-# --- the real guider (CFGDenoiser over conditioning lists) on a small linear stand-in model ----------------------------
+# --- the real guider (CFGDenoiser over conditioning lists) on a small linear stand-in model ---------------------------
 
 class LinearModel:
     """A MODEL stand-in for the guider: apply_model = x·0.9/√(1+σ²) + mean of each row's context tokens."""
@@ -127,7 +127,11 @@ class _Spy:
     def __init__(self, guider: CFGDenoiser, monkeypatch) -> None:
         self.parts: list[GuidedPrediction | None] = []
         real = guider.predict_guided
-        monkeypatch.setattr(guider, "predict_guided", lambda *a, **k: self.parts.append(real(*a, **k)) or self.parts[-1])
+        def spy(*args: Any, **kwargs: Any) -> GuidedPrediction | None:
+            self.parts.append(real(*args, **kwargs))
+            return self.parts[-1]
+
+        monkeypatch.setattr(guider, "predict_guided", spy)
 
 
 @pytest.mark.parametrize("cfg", [1.0, 6.5])
@@ -169,7 +173,7 @@ def test_inpaint_wrapper_is_never_fused(monkeypatch):
     torch.testing.assert_close(out * (1 - mask), latent * (1 - mask))  # the kept region ends on the source latent
 
 
-# --- attention backend: engine config -> KSampler -> guider model_options -> UNet ---------------------------------------
+# --- attention backend: engine config -> KSampler -> guider model_options -> UNet -------------------------------------
 
 def test_guider_model_options_merge_the_models_transformer_options():
     model = LinearModel()
