@@ -31,8 +31,10 @@ import fixtures_models as fm
 import numpy as np
 import pytest
 import torch
+from comfy_core.asgi import create_app
+from fixtures_asgi import running_server
 from PIL import Image
-from safetensors.torch import save_file
+from websockets.sync.client import connect
 
 from comfy_core import Engine, EngineConfig
 from comfy_core.errors import NodeExecutionError, PromptError
@@ -189,7 +191,16 @@ def test_seed_workflow_in_the_engine(seed_dirs, tmp_path):
         result = engine.run(prompt, client_id=body["client_id"], timeout=300)
         pixels = check_images(result.images, prompt)
         history = engine.history_item(result.prompt_id)[result.prompt_id]
-    check_run_messages(messages, prompt, result.prompt_id)
+        # Each guide reaches the sampler: without the ControlNet (49) or the second image (37) the picture changes.
+        for node in ("49", "37"):
+            variant = copy.deepcopy(prompt)
+            variant[node]["inputs"]["strength"] = 0.0  # both nodes pass the conditioning through unchanged at 0
+            (saved,) = engine.run(variant, timeout=300).images[SAVE]
+            with Image.open(saved) as im:
+                assert np.abs(np.asarray(im).astype(int) - pixels).max() > 8, node
+    first = next(i for i, (t, d) in enumerate(messages)  # the first run's messages end at its executing null
+                 if t == "executing" and d == {"node": None, "prompt_id": result.prompt_id})
+    check_run_messages(messages[:first + 1], prompt, result.prompt_id)
     assert sorted(result.outputs) == sorted(OUTPUTS) == sorted(history["outputs"])
     assert DANGLING not in history["outputs"]
     assert history["status"] == {"status_str": "success", "completed": True, "messages": history["status"]["messages"]}
@@ -229,11 +240,6 @@ def read_until_done(ws, prompt_id: str, timeout: float = 120) -> list[tuple[str,
 
 
 def test_seed_workflow_over_http_and_websocket(seed_dirs, tmp_path):
-    from fixtures_asgi import running_server
-    from websockets.sync.client import connect
-
-    from comfy_core.asgi import create_app
-
     body = seed_body()
     client_id, prompt = body["client_id"], body["prompt"]
     engine = Engine(engine_config(seed_dirs, tmp_path))
