@@ -3,7 +3,6 @@ scheduler → sigmas (denoise, start/end steps), conds, optional inpaint mask, s
 """
 from __future__ import annotations
 
-import io
 from collections.abc import Callable
 from typing import Any
 
@@ -161,12 +160,9 @@ def _sample(model, noise, sigmas, positive, negative, cfg, sampler_name, latent_
 
 
 def preview_jpeg(model, x0: torch.Tensor, max_size: int = 512) -> bytes:
-    """Latent → RGB preview via the family's latent2rgb factors, as JPEG bytes (quality 95, bilinear fit)."""
-    from PIL import Image
+    """Latent → RGB preview via the family's latent2rgb factors, as JPEG bytes (quality 95). Like ComfyUI's
+    server (ImageOps.contain) the picture is resized to fit max_size² both ways: an 8×8 latent gives 512×512."""
+    from ..images import encode_preview
 
     rgb = model.latent_format.preview_rgb(x0[:1].float())[0]  # [h, w, 3] in 0..1
-    image = Image.fromarray((rgb * 255).clamp(0, 255).to(torch.uint8).cpu().numpy())
-    image.thumbnail((max_size, max_size), Image.BILINEAR)
-    buffer = io.BytesIO()
-    image.save(buffer, format="JPEG", quality=95)
-    return buffer.getvalue()
+    return encode_preview(rgb, "JPEG", max_size)
