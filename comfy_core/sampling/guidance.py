@@ -91,8 +91,9 @@ def prepare_conds(model, conditioning: list, noise: torch.Tensor, *, prompt_type
         if mask is not None and extras.get("set_area_to_bounds"):
             area = _bounds_area(mask) or area
         params = {k: v for k, v in extras.items() if k not in ("area", "mask", "control")}
-        model_conds = model.extra_conds(noise=noise, latent_image=latent_image, denoise_mask=denoise_mask,
-                                        prompt_type=prompt_type, seed=seed, **params)
+        # as ComfyUI's encode_model_conds: an entry's own values win, except the noise the sampler starts from
+        model_conds = model.extra_conds(**{"latent_image": latent_image, "denoise_mask": denoise_mask, "seed": seed,
+                                           "prompt_type": prompt_type, **params, "noise": noise})
         conds.append(Cond(
             context=context, model_conds=model_conds, area=area, strength=float(extras.get("strength", 1.0)),
             mask=mask, mask_strength=float(extras.get("mask_strength", 1.0)),
