@@ -68,6 +68,14 @@ class Progress(Event):
     node: str
 
 
+class ProgressState(Event):
+    """Every node of the prompt that has started so far, with its progress and state (running/finished/error)."""
+
+    TYPE: ClassVar[str] = "progress_state"
+    prompt_id: str
+    nodes: dict[str, dict[str, Any]]
+
+
 class Executed(Event):
     TYPE: ClassVar[str] = "executed"
     node: str

@@ -16,7 +16,7 @@ from . import context as node_context
 from .cache import CachedResult, OutputCache
 from .errors import Interrupted
 from .events import (Event, Executed, Executing, ExecutionCached, ExecutionError, ExecutionInterrupted,
-                     ExecutionStart, ExecutionSuccess, PreviewFrame, Progress, now_ms)
+                     ExecutionStart, ExecutionSuccess, PreviewFrame, Progress, ProgressState, now_ms)
 from .graph import _type_name, is_link
 from .nodes.registry import NodeRegistry
 from .signature import compute_signatures
@@ -74,6 +74,42 @@ def _merge_ui(uis: list[dict[str, Any]]) -> dict[str, Any] | None:
     return merged
 
 
+class _PromptRun:
+    """The state of one prompt's execution: results so far, UI outputs, per-node progress, recorded messages."""
+
+    def __init__(self, prompt: dict[str, Any], prompt_id: str, emit: Callable[[Event], None]):
+        self.prompt, self.prompt_id, self._emit = prompt, prompt_id, emit
+        self.messages: list[list[Any]] = []
+        self.results: dict[str, CachedResult] = {}
+        self.ui_outputs: dict[str, dict[str, Any]] = {}
+        self.executed: list[str] = []
+        self.states: dict[str, dict[str, Any]] = {}
+
+    def emit(self, event: Event) -> None:
+        self._emit(event)
+
+    def record(self, event: Event) -> None:
+        """Emit and keep for the history entry's status messages."""
+        self.messages.append([event.TYPE, event.to_builtins()])
+        self._emit(event)
+
+    def node_state(self, node_id: str, state: str, value: float = 0, total: float = 1) -> None:
+        """progress_state: every started node with its progress (entries are replaced, never mutated)."""
+        self.states[node_id] = {"value": value, "max": total, "state": state, "node_id": node_id,
+                                "prompt_id": self.prompt_id, "display_node_id": node_id, "parent_node_id": None,
+                                "real_node_id": node_id}
+        self._emit(ProgressState(prompt_id=self.prompt_id, nodes=dict(self.states)))
+
+    def progress_hook(self, node_id: str, wants_previews: bool):
+        def on_progress(value: int, total: int, preview: Any) -> None:
+            self._emit(Progress(value=value, max=total, prompt_id=self.prompt_id, node=node_id))
+            self.node_state(node_id, "running", value, total)
+            if preview is not None and wants_previews:
+                self._emit(PreviewFrame(image=preview, image_type="image/jpeg", prompt_id=self.prompt_id,
+                                        node_id=node_id))
+        return on_progress
+
+
 class Executor:
     """Executes prompts for one engine; holds the output cache and the node instances between prompts."""
 
@@ -85,54 +121,63 @@ class Executor:
 
     def execute(self, prompt: dict[str, Any], outputs: list[str], prompt_id: str, extra_data: dict[str, Any],
                 ctx: node_context.NodeContext, emit: Callable[[Event], None]) -> RunRecord:
-        messages: list[list[Any]] = []
-
-        def record(event: Event) -> None:
-            messages.append([event.TYPE, event.to_builtins()])
-            emit(event)
-
-        record(ExecutionStart(prompt_id=prompt_id, timestamp=now_ms()))
+        run = _PromptRun(prompt, prompt_id, emit)
+        run.record(ExecutionStart(prompt_id=prompt_id, timestamp=now_ms()))
         self._specs = {}
-        with node_context.use(ctx):  # IS_CHANGED may need engine services (LoadImage hashes its input file)
-            signatures = compute_signatures(prompt, outputs, self.registry)
-        cached = {n: r for n, s in signatures.items() if (r := self.cache.get(s)) is not None}
-        record(ExecutionCached(nodes=list(cached), prompt_id=prompt_id, timestamp=now_ms()))
+        signatures = self._signatures(prompt, outputs, ctx)
+        cached = {n: r for n in prompt if n in signatures and (r := self.cache.get(signatures[n])) is not None}
+        run.record(ExecutionCached(nodes=list(cached), prompt_id=prompt_id, timestamp=now_ms()))
         self._forget_instances(prompt)
-        results: dict[str, CachedResult] = dict(cached)
-        ui_outputs = {n: r.ui for n, r in cached.items() if r.ui is not None}
-        executed: list[str] = []
+        run.results.update(cached)
+        run.ui_outputs.update({n: r.ui for n, r in cached.items() if r.ui is not None})
         try:
             for node_id in execution_order(prompt, outputs, lambda n: n in cached):
                 if node_id in cached:
-                    emit(Executed(node=node_id, display_node=node_id, output=cached[node_id].ui, prompt_id=prompt_id))
-                    continue
-                result = self._run_node(node_id, prompt, results, extra_data, ctx, prompt_id, emit)
-                results[node_id] = result
-                self.cache.put(signatures[node_id], result)
-                executed.append(node_id)
-                if result.ui is not None:
-                    ui_outputs[node_id] = result.ui
-                    emit(Executed(node=node_id, display_node=node_id, output=result.ui, prompt_id=prompt_id))
+                    run.emit(Executed(node=node_id, display_node=node_id, output=cached[node_id].ui,
+                                      prompt_id=prompt_id))
+                else:
+                    self._execute_node(run, node_id, signatures[node_id], extra_data, ctx)
         except _NodeFailure as failure:
-            return self._failed(failure, prompt, prompt_id, executed, ui_outputs, messages, record)
-        record(ExecutionSuccess(prompt_id=prompt_id, timestamp=now_ms()))
-        return RunRecord(outputs=ui_outputs, status_str="success", completed=True, messages=messages)
+            run.node_state(failure.node_id, "error")
+            return self._failed(run, failure)
+        run.record(ExecutionSuccess(prompt_id=prompt_id, timestamp=now_ms()))
+        return RunRecord(outputs=run.ui_outputs, status_str="success", completed=True, messages=run.messages)
 
-    def _failed(self, failure, prompt, prompt_id, executed, ui_outputs, messages, record) -> RunRecord:
-        node_type = prompt[failure.node_id]["class_type"]
+    def _signatures(self, prompt, outputs, ctx) -> dict[str, str]:
+        """Signatures of the outputs' sub-graph, plus those of the other nodes that have one (ComfyUI reports
+        every cached node of the prompt, even those that will not run)."""
+        with node_context.use(ctx):  # IS_CHANGED may need engine services (LoadImage hashes its input file)
+            signatures = compute_signatures(prompt, outputs, self.registry)
+            others = [n for n in prompt if n not in signatures]
+            return {**compute_signatures(prompt, others, self.registry, skip_broken=True), **signatures}
+
+    def _execute_node(self, run: _PromptRun, node_id: str, signature: str, extra_data, ctx) -> None:
+        run.node_state(node_id, "running")
+        result = self._run_node(run, node_id, extra_data, ctx)
+        run.results[node_id] = result
+        self.cache.put(signature, result)
+        run.executed.append(node_id)
+        if result.ui is not None:
+            run.ui_outputs[node_id] = result.ui
+            run.emit(Executed(node=node_id, display_node=node_id, output=result.ui, prompt_id=run.prompt_id))
+        run.node_state(node_id, "finished", 1, 1)
+
+    def _failed(self, run: _PromptRun, failure: _NodeFailure) -> RunRecord:
+        node_type = run.prompt[failure.node_id]["class_type"]
         if isinstance(failure.exc, Interrupted):
-            record(ExecutionInterrupted(prompt_id=prompt_id, node_id=failure.node_id, node_type=node_type,
-                                        executed=executed, timestamp=now_ms()))
-            return RunRecord(outputs=ui_outputs, status_str="error", completed=False, messages=messages,
+            run.record(ExecutionInterrupted(prompt_id=run.prompt_id, node_id=failure.node_id, node_type=node_type,
+                                            executed=run.executed, timestamp=now_ms()))
+            return RunRecord(outputs=run.ui_outputs, status_str="error", completed=False, messages=run.messages,
                              interrupted=True)
         exc = failure.exc
         error = ExecutionError(
-            prompt_id=prompt_id, node_id=failure.node_id, node_type=node_type, executed=executed,
+            prompt_id=run.prompt_id, node_id=failure.node_id, node_type=node_type, executed=run.executed,
             exception_message=str(exc), exception_type=_type_name(exc),
             traceback=traceback.format_tb(exc.__traceback__), current_inputs=_format_inputs(failure.inputs),
-            current_outputs=list(prompt), timestamp=now_ms())
-        record(error)
-        return RunRecord(outputs=ui_outputs, status_str="error", completed=False, messages=messages, error=error)
+            current_outputs=list(run.prompt), timestamp=now_ms())
+        run.record(error)
+        return RunRecord(outputs=run.ui_outputs, status_str="error", completed=False, messages=run.messages,
+                         error=error)
 
     def _forget_instances(self, prompt: Mapping[str, Any]) -> None:
         live = {(i, n["class_type"]) for i, n in prompt.items()}
@@ -144,29 +189,21 @@ class Executor:
             self.instances[key] = self.registry.get(class_type)()
         return self.instances[key]
 
-    def _run_node(self, node_id, prompt, results, extra_data, ctx, prompt_id, emit) -> CachedResult:
-        node = prompt[node_id]
+    def _run_node(self, run: _PromptRun, node_id: str, extra_data, ctx) -> CachedResult:
+        node = run.prompt[node_id]
         inputs: dict[str, list[Any]] = {}
         try:
             ctx.check_interrupted()
             cls = self.registry.get(node["class_type"])
-            inputs = self._gather_inputs(node_id, node, cls, results, prompt, extra_data)
-            emit(Executing(node=node_id, display_node=node_id, prompt_id=prompt_id))
-            node_ctx = ctx.for_node(node_id, self._progress_hook(ctx, node_id, prompt_id, emit))
+            inputs = self._gather_inputs(node_id, node, cls, run.results, run.prompt, extra_data)
+            run.emit(Executing(node=node_id, display_node=node_id, prompt_id=run.prompt_id))
+            node_ctx = ctx.for_node(node_id, run.progress_hook(node_id, ctx.wants_previews))
             with node_context.use(node_ctx):
                 calls = self._map_over_lists(self._instance(node_id, node["class_type"]), cls, inputs, node_ctx)
             return self._merge_calls(cls, calls)
         except Exception as exc:
             log.debug("node %s (%s) failed", node_id, node["class_type"], exc_info=True)
             raise _NodeFailure(node_id, exc, inputs) from exc
-
-    @staticmethod
-    def _progress_hook(ctx, node_id, prompt_id, emit):
-        def on_progress(value: int, total: int, preview: Any) -> None:
-            emit(Progress(value=value, max=total, prompt_id=prompt_id, node=node_id))
-            if preview is not None and ctx.wants_previews:
-                emit(PreviewFrame(image=preview, image_type="image/jpeg", prompt_id=prompt_id, node_id=node_id))
-        return on_progress
 
     def _gather_inputs(self, node_id, node, cls, results, prompt, extra_data) -> dict[str, list[Any]]:
         """Every input as a list: constants → [v], links → the upstream slot's list, hidden → [value]."""

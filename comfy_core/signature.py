@@ -57,8 +57,13 @@ def _accepts(fn, kwargs) -> bool:
     return set(kwargs) <= {p.name for p in params}
 
 
-def compute_signatures(prompt: Mapping[str, Any], node_ids: list[str], registry: NodeRegistry) -> dict[str, str]:
-    """Signatures of `node_ids` and all their ancestors (the prompt must be validated: no cycles)."""
+def compute_signatures(prompt: Mapping[str, Any], node_ids: list[str], registry: NodeRegistry,
+                       *, skip_broken: bool = False) -> dict[str, str]:
+    """Signatures of `node_ids` and all their ancestors (validated nodes: no cycles, no dangling links).
+
+    With `skip_broken`, a node whose signature cannot be computed (an unvalidated node with a bad link) is left
+    out instead of raising: used to report which of *all* a prompt's nodes are cached.
+    """
     signatures: dict[str, str] = {}
     hidden_of: dict[str, dict] = {}
 
@@ -84,5 +89,9 @@ def compute_signatures(prompt: Mapping[str, Any], node_ids: list[str], registry:
         return digest
 
     for node_id in node_ids:
-        visit(node_id)
+        try:
+            visit(node_id)
+        except (KeyError, IndexError, TypeError, RecursionError):
+            if not skip_broken:
+                raise
     return signatures

@@ -53,8 +53,14 @@ def test_event_sequence_for_a_client(engine):
     sub = engine.submit(chain(1), client_id="me")
     engine.wait(sub.prompt_id, 10)
     engine.wait_idle(5)
-    assert rec.types() == ["status", "status", "execution_start", "execution_cached", "executing", "executing",
-                           "executing", "executing", "executed", "execution_success", "status", "executing"]
+    per_node = ["progress_state", "executing", "progress_state"]
+    assert rec.types() == ["status", "status", "execution_start", "execution_cached", *per_node * 3,
+                           "progress_state", "executing", "executed", "progress_state",
+                           "execution_success", "status", "executing"]
+    final = rec.of("progress_state")[-1]["nodes"]
+    assert list(final) == ["1", "2", "3", "9"] and {n["state"] for n in final.values()} == {"finished"}
+    assert final["9"] == {"value": 1, "max": 1, "state": "finished", "node_id": "9", "prompt_id": sub.prompt_id,
+                          "display_node_id": "9", "parent_node_id": None, "real_node_id": "9"}
     assert rec.of("executing")[-1] == {"node": None, "prompt_id": sub.prompt_id}
     assert other.types() == ["status", "status", "status"]  # only broadcasts reach other clients
 
@@ -151,6 +157,21 @@ def test_progress_events_carry_value_and_max(engine):
     engine.run({"2": {"class_type": "Slow", "inputs": {"value": 1, "steps": 3, "delay": 0.0}},
                 "9": {"class_type": "Show", "inputs": {"value": ["2", 0]}}})
     assert [(p["value"], p["max"], p["node"]) for p in rec.of("progress")] == [(1, 3, "2"), (2, 3, "2"), (3, 3, "2")]
+    states = [(s["nodes"]["2"]["state"], s["nodes"]["2"]["value"]) for s in rec.of("progress_state")
+              if "2" in s["nodes"] and "9" not in s["nodes"]]
+    assert states == [("running", 0), ("running", 1), ("running", 2), ("running", 3), ("finished", 1)]
+
+
+def test_execution_cached_lists_every_cached_node_in_prompt_order(engine):
+    prompt = {"9": {"class_type": "Show", "inputs": {"value": ["2", 0]}},
+              "2": {"class_type": "Add", "inputs": {"a": 1, "b": ["1", 0]}},
+              "1": {"class_type": "Number", "inputs": {"value": 3}}}
+    engine.run(prompt)
+    rec = Recorder(engine)
+    prompt["5"] = {"class_type": "Add", "inputs": {"a": 2, "b": ["1", 0]}}  # dangling: never runs
+    prompt["6"] = {"class_type": "Add", "inputs": {"a": 2, "b": ["404", 0]}}  # dangling with a broken link
+    engine.run(prompt)
+    assert rec.of("execution_cached")[0]["nodes"] == ["9", "2", "1"]
 
 
 def test_list_mapping(engine):
