@@ -10,7 +10,7 @@ GPU; only the tensor updates of x run on the device.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple, Protocol
 
 import torch
@@ -59,6 +59,28 @@ class SamplerFn(Protocol):
 def host_sigmas(sigmas: torch.Tensor) -> torch.Tensor:
     """The one device->host copy of a sampling run: sigmas as a CPU tensor for branching and scalar math."""
     return sigmas.detach().cpu()
+
+
+def s_in_like(x: torch.Tensor) -> torch.Tensor:
+    """A ones vector of x's batch size: `sigma * s_in` is the per-row sigma batch the model expects."""
+    return x.new_ones([x.shape[0]])
+
+
+def t_from_sigma(sigma: torch.Tensor) -> torch.Tensor:
+    """DPM-Solver's time t = -log(sigma) (the half-log-SNR lambda of a VE sigma)."""
+    return sigma.log().neg()
+
+
+def sigma_from_t(t: torch.Tensor) -> torch.Tensor:
+    return t.neg().exp()
+
+
+def weighted_sum(weights: Sequence[float], tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """sum_k weights[k] * tensors[k], accumulated left to right (multistep solvers' combination of past values)."""
+    out = tensors[0] * weights[0]
+    for w, t in zip(weights[1:], tensors[1:]):
+        out = out + t * w
+    return out
 
 
 def append_dims(t: torch.Tensor, ndim: int) -> torch.Tensor:

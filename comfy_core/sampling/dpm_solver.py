@@ -11,16 +11,10 @@ from typing import Any
 
 import torch
 
-from comfy_core.sampling.common import Callback, Denoiser, SamplerFn, get_ancestral_step
+from comfy_core.sampling.common import Callback, Denoiser, SamplerFn, get_ancestral_step, s_in_like
+from comfy_core.sampling.common import sigma_from_t as _sigma
+from comfy_core.sampling.common import t_from_sigma as _t
 from comfy_core.sampling.noise import NoiseSampler, default_noise_sampler
-
-
-def _t(sigma: torch.Tensor) -> torch.Tensor:
-    return -sigma.log()
-
-
-def _sigma(t: torch.Tensor) -> torch.Tensor:
-    return t.neg().exp()
 
 
 @dataclass
@@ -34,7 +28,7 @@ class _EpsEvaluator:
     def __call__(self, key: str, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         if key not in self.cache:
             sigma = _sigma(t)
-            self.cache[key] = (x - self.model(x, sigma * x.new_ones([x.shape[0]]), **self.extra_args)) / sigma
+            self.cache[key] = (x - self.model(x, sigma * s_in_like(x), **self.extra_args)) / sigma
         return self.cache[key]
 
 

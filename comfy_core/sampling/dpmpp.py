@@ -6,28 +6,35 @@ where ComfyUI computes it so the floats agree.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
 
 from comfy_core.kernels.sampler_step import cfg_dpmpp_2m_step
 from comfy_core.sampling.common import (
-    Callback, Denoiser, SamplerFn, UncondCapture, get_ancestral_step, guided_prediction, host_sigmas, report, to_d,
+    Callback, Denoiser, SamplerFn, UncondCapture, get_ancestral_step, guided_prediction, host_sigmas, report, s_in_like,
+    to_d,
 )
-from comfy_core.sampling.noise import BrownianTreeNoiseSampler, NoiseSampler, default_noise_sampler
+from comfy_core.sampling.common import sigma_from_t as _sigma
+from comfy_core.sampling.common import t_from_sigma as _t
+from comfy_core.sampling.noise import NoiseSampler, brownian_noise_sampler, default_noise_sampler
 
 
-def _t(sigma: torch.Tensor) -> torch.Tensor:
-    return sigma.log().neg()
+def _dpmpp_2s_step(model: Denoiser, x: torch.Tensor, sigma: torch.Tensor, sigma_down: torch.Tensor,
+                   denoised: torch.Tensor, s_in: torch.Tensor, extra_args: dict[str, Any],
+                   shift: Callable[[], torch.Tensor] | None = None) -> torch.Tensor:
+    """DPM-Solver++(2S) from sigma to sigma_down through the midpoint in t (one more model call).
 
-
-def _sigma(t: torch.Tensor) -> torch.Tensor:
-    return t.neg().exp()
-
-
-def _brownian(x: torch.Tensor, sig: torch.Tensor, seed: int | None, cpu: bool) -> BrownianTreeNoiseSampler:
-    """Brownian tree spanning the run's positive sigmas."""
-    return BrownianTreeNoiseSampler(x, sig[sig > 0].min(), sig.max(), seed=seed, cpu=cpu)
+    CFG++ passes `shift`, the guidance offset added to x before each of the two exponential updates; it is read
+    again after the midpoint call, as ComfyUI v0.3.64 does (its uncond hook state then holds the midpoint call's).
+    """
+    t, t_next = _t(sigma), _t(sigma_down)
+    h = t_next - t
+    s = t + 0.5 * h
+    x_2 = (_sigma(s) / _sigma(t)) * (x if shift is None else x + shift()) - (-h * 0.5).expm1() * denoised
+    denoised_2 = model(x_2, _sigma(s) * s_in, **extra_args)
+    return (_sigma(t_next) / _sigma(t)) * (x if shift is None else x + shift()) - (-h).expm1() * denoised_2
 
 
 @torch.no_grad()
@@ -38,7 +45,7 @@ def sample_dpmpp_2s_ancestral(model: Denoiser, x: torch.Tensor, sigmas: torch.Te
     """Ancestral sampling with DPM-Solver++(2S) single-step second-order steps."""
     extra_args = extra_args or {}
     noise_sampler = noise_sampler or default_noise_sampler(x, seed=seed)
-    sig, s_in = host_sigmas(sigmas), x.new_ones([x.shape[0]])
+    sig, s_in = host_sigmas(sigmas), s_in_like(x)
     for i in range(len(sig) - 1):
         denoised = model(x, sig[i] * s_in, **extra_args)
         sigma_down, sigma_up = get_ancestral_step(sig[i], sig[i + 1], eta=eta)
@@ -46,12 +53,7 @@ def sample_dpmpp_2s_ancestral(model: Denoiser, x: torch.Tensor, sigmas: torch.Te
         if sigma_down == 0:
             x = x + to_d(x, sig[i], denoised) * (sigma_down - sig[i])
         else:
-            t, t_next = _t(sig[i]), _t(sigma_down)
-            h = t_next - t
-            s = t + 0.5 * h
-            x_2 = (_sigma(s) / _sigma(t)) * x - (-h * 0.5).expm1() * denoised
-            denoised_2 = model(x_2, _sigma(s) * s_in, **extra_args)
-            x = (_sigma(t_next) / _sigma(t)) * x - (-h).expm1() * denoised_2
+            x = _dpmpp_2s_step(model, x, sig[i], sigma_down, denoised, s_in, extra_args)
         if sig[i + 1] > 0:
             x = x + noise_sampler(sig[i], sig[i + 1]) * s_noise * sigma_up
     return x
@@ -67,7 +69,7 @@ def sample_dpmpp_2s_ancestral_cfg_pp(model: Denoiser, x: torch.Tensor, sigmas: t
     capture = UncondCapture()
     extra_args = capture.install(extra_args)
     noise_sampler = noise_sampler or default_noise_sampler(x, seed=seed)
-    sig, s_in = host_sigmas(sigmas), x.new_ones([x.shape[0]])
+    sig, s_in = host_sigmas(sigmas), s_in_like(x)
     for i in range(len(sig) - 1):
         denoised = model(x, sig[i] * s_in, **extra_args)
         uncond = capture.get()
@@ -75,15 +77,9 @@ def sample_dpmpp_2s_ancestral_cfg_pp(model: Denoiser, x: torch.Tensor, sigmas: t
         report(callback, x, i, sig[i], sig[i], denoised)
         if sigma_down == 0:
             x = denoised + to_d(x, sig[i], uncond) * sigma_down
-        else:
-            t, t_next = _t(sig[i]), _t(sigma_down)
-            h = t_next - t
-            s = t + 0.5 * h
-            x_2 = (_sigma(s) / _sigma(t)) * (x + (denoised - uncond)) - (-h * 0.5).expm1() * denoised
-            denoised_2 = model(x_2, _sigma(s) * s_in, **extra_args)
-            # ComfyUI v0.3.64 shifts by denoised minus the *midpoint* call's uncond here (its hook state was
-            # overwritten by the second call); kept for parity.
-            x = (_sigma(t_next) / _sigma(t)) * (x + (denoised - capture.get())) - (-h).expm1() * denoised_2
+        else:  # shift = denoised - the latest call's uncond (x is moved by the guidance before each update)
+            x = _dpmpp_2s_step(model, x, sig[i], sigma_down, denoised, s_in, extra_args,
+                               shift=lambda: denoised - capture.get())
         if sig[i + 1] > 0:
             x = x + noise_sampler(sig[i], sig[i + 1]) * s_noise * sigma_up
     return x
@@ -98,8 +94,8 @@ def sample_dpmpp_sde(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *,
     if len(sigmas) <= 1:
         return x
     extra_args = extra_args or {}
-    sig, s_in = host_sigmas(sigmas), x.new_ones([x.shape[0]])
-    noise_sampler = noise_sampler or _brownian(x, sig, seed, cpu_tree)
+    sig, s_in = host_sigmas(sigmas), s_in_like(x)
+    noise_sampler = noise_sampler or brownian_noise_sampler(x, sig, seed, cpu_tree)
     fac = 1 / (2 * r)
     for i in range(len(sig) - 1):
         denoised = model(x, sig[i] * s_in, **extra_args)
@@ -143,7 +139,7 @@ def sample_dpmpp_2m(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *,
                     noise_sampler: NoiseSampler | None = None, seed: int | None = None) -> torch.Tensor:
     """DPM-Solver++(2M): second-order multistep using the previous step's denoised prediction (CFG fused in)."""
     extra_args = extra_args or {}
-    sig, s_in = host_sigmas(sigmas), x.new_ones([x.shape[0]])
+    sig, s_in = host_sigmas(sigmas), s_in_like(x)
     sig_f = sig.tolist()
     old_denoised = None
     for i in range(len(sig) - 1):
@@ -162,7 +158,7 @@ def sample_dpmpp_2m_cfg_pp(model: Denoiser, x: torch.Tensor, sigmas: torch.Tenso
     """DPM-Solver++(2M) with CFG++ (Chung et al. 2024): the exponential decay acts on the uncond prediction."""
     capture = UncondCapture()
     extra_args = capture.install(extra_args)
-    sig, s_in = host_sigmas(sigmas), x.new_ones([x.shape[0]])
+    sig, s_in = host_sigmas(sigmas), s_in_like(x)
     old_uncond = None
     for i in range(len(sig) - 1):
         denoised = model(x, sig[i] * s_in, **extra_args)
@@ -192,8 +188,8 @@ def sample_dpmpp_2m_sde(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, 
     if solver_type not in ("heun", "midpoint"):
         raise ValueError(f"solver_type must be 'heun' or 'midpoint', got {solver_type!r}")
     extra_args = extra_args or {}
-    sig, s_in = host_sigmas(sigmas), x.new_ones([x.shape[0]])
-    noise_sampler = noise_sampler or _brownian(x, sig, seed, cpu_tree)
+    sig, s_in = host_sigmas(sigmas), s_in_like(x)
+    noise_sampler = noise_sampler or brownian_noise_sampler(x, sig, seed, cpu_tree)
     old_denoised, h, h_last = None, None, None
     for i in range(len(sig) - 1):
         denoised = model(x, sig[i] * s_in, **extra_args)

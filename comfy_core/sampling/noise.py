@@ -114,3 +114,10 @@ class BrownianTreeNoiseSampler:
     def __call__(self, sigma: torch.Tensor, sigma_next: torch.Tensor) -> torch.Tensor:
         t0, t1 = self.transform(torch.as_tensor(sigma)), self.transform(torch.as_tensor(sigma_next))
         return self._increment(t0, t1) / (t1 - t0).abs().sqrt()
+
+
+def brownian_noise_sampler(x: torch.Tensor, sigmas: torch.Tensor, seed: int | None,
+                           cpu: bool = True) -> BrownianTreeNoiseSampler:
+    """The Brownian tree of an SDE sampler run: it spans [smallest positive sigma, largest sigma] of the schedule,
+    as ComfyUI's SDE samplers build it."""
+    return BrownianTreeNoiseSampler(x, sigmas[sigmas > 0].min(), sigmas.max(), seed, cpu=cpu)

@@ -33,6 +33,7 @@ import importlib
 import logging
 import pkgutil
 from collections.abc import Mapping
+from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
@@ -43,8 +44,8 @@ from comfy_core.kernels.sampler_step import cfg_euler_ancestral_step, cfg_euler_
 from comfy_core.sampling import dpm_solver, dpmpp
 from comfy_core.sampling.common import (  # noqa: F401  (re-exported helpers)
     DISABLE_CFG1_OPTIMIZATION, POST_CFG_FUNCTIONS, Callback, Denoiser, GuidedPrediction, SamplerFn, UncondCapture,
-    ancestral_schedule, append_dims, get_ancestral_step, guided_prediction, host_sigmas, renoise, report, to_d,
-    with_post_cfg_function,
+    ancestral_schedule, append_dims, get_ancestral_step, guided_prediction, host_sigmas, renoise, report, s_in_like,
+    to_d, with_post_cfg_function,
 )
 from comfy_core.sampling.noise import (  # noqa: F401
     BrownianTreeNoiseSampler, NoiseSampler, default_noise_sampler,
@@ -72,25 +73,44 @@ RANDOM_INPAINT_NOISE_SAMPLERS = frozenset({"ddim"})
 # ---------------------------------------------------------------------------------------------------------------------
 # Karras et al. (2022) "Elucidating the Design Space of Diffusion-Based Generative Models" family
 # ---------------------------------------------------------------------------------------------------------------------
-def _churn(x: torch.Tensor, sig: torch.Tensor, i: int, s_churn: float, s_tmin: float, s_tmax: float, s_noise: float,
-           noise: NoiseSampler | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Karras Alg. 2 lines 4-6: raise sigma_i to sigma_hat = sigma_i (1 + gamma) by adding fresh noise."""
-    if s_churn <= 0:
-        return sig[i], x
-    gamma = min(s_churn / (len(sig) - 1), 2**0.5 - 1) if s_tmin <= sig[i] <= s_tmax else 0.0
-    sigma_hat = sig[i] * (gamma + 1)
-    if gamma > 0:
-        assert noise is not None
-        x = x + noise(sig[i], sigma_hat) * s_noise * (sigma_hat**2 - sig[i] ** 2) ** 0.5
-    return sigma_hat, x
+@dataclass(frozen=True)
+class _Churn:
+    """Karras et al. (2022) Algorithm 2's stochastic churn: settings plus its noise (None when s_churn <= 0)."""
+
+    s_churn: float
+    s_tmin: float
+    s_tmax: float
+    s_noise: float
+    noise: NoiseSampler | None
+
+    @classmethod
+    def make(cls, x: torch.Tensor, s_churn: float, s_tmin: float, s_tmax: float, s_noise: float,
+             noise_sampler: NoiseSampler | None, seed: int | None) -> _Churn:
+        # ComfyUI draws churn noise from torch's global RNG; we draw it from a seeded generator instead (reproducible).
+        noise = (noise_sampler or default_noise_sampler(x, seed=seed)) if s_churn > 0 else None
+        return cls(s_churn, s_tmin, s_tmax, s_noise, noise)
+
+    def __call__(self, x: torch.Tensor, sig: torch.Tensor, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Lines 4-6: raise sigma_i to sigma_hat = sigma_i (1 + gamma) by adding fresh noise -> (sigma_hat, x)."""
+        if self.s_churn <= 0:
+            return sig[i], x
+        gamma = min(self.s_churn / (len(sig) - 1), 2**0.5 - 1) if self.s_tmin <= sig[i] <= self.s_tmax else 0.0
+        sigma_hat = sig[i] * (gamma + 1)
+        if gamma > 0:
+            assert self.noise is not None
+            x = x + self.noise(sig[i], sigma_hat) * self.s_noise * (sigma_hat**2 - sig[i] ** 2) ** 0.5
+        return sigma_hat, x
 
 
-def _churn_noise(x: torch.Tensor, s_churn: float, noise_sampler: NoiseSampler | None,
-                 seed: int | None) -> NoiseSampler | None:
-    # ComfyUI draws churn noise from torch's global RNG; we draw it from a seeded generator instead (reproducible).
-    if s_churn <= 0:
-        return None
-    return noise_sampler or default_noise_sampler(x, seed=seed)
+def _churned_derivative(model: Denoiser, x: torch.Tensor, sig: torch.Tensor, i: int, s_in: torch.Tensor,
+                        extra_args: dict[str, Any], churn: _Churn,
+                        callback: Callback | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Algorithm 2 lines 4-7 of step i: churn, evaluate D at sigma_hat, report -> (x, sigma_hat, d = dx/dsigma)."""
+    sigma_hat, x = churn(x, sig, i)
+    denoised = model(x, sigma_hat * s_in, **extra_args)
+    d = to_d(x, sigma_hat, denoised)
+    report(callback, x, i, sig[i], sigma_hat, denoised)
+    return x, sigma_hat, d
 
 
 @torch.no_grad()
@@ -100,11 +120,11 @@ def sample_euler(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, extr
                  s_noise: float = 1.0) -> torch.Tensor:
     """Karras et al. (2022) Algorithm 2 with Euler steps; the CFG combine is fused into the update."""
     extra_args = extra_args or {}
-    sig, s_in = host_sigmas(sigmas), x.new_ones([x.shape[0]])
+    sig, s_in = host_sigmas(sigmas), s_in_like(x)
     sig_f = sig.tolist()
-    churn_noise = _churn_noise(x, s_churn, noise_sampler, seed)
+    churn = _Churn.make(x, s_churn, s_tmin, s_tmax, s_noise, noise_sampler, seed)
     for i in range(len(sig) - 1):
-        sigma_hat, x = _churn(x, sig, i, s_churn, s_tmin, s_tmax, s_noise, churn_noise)
+        sigma_hat, x = churn(x, sig, i)
         p = guided_prediction(model, x, sigma_hat * s_in, extra_args)
         step = cfg_euler_step(x, p.cond, p.uncond, p.cfg, float(sigma_hat), sig_f[i + 1],
                               write_denoised=callback is not None)
@@ -121,7 +141,7 @@ def sample_euler_ancestral(model: Denoiser, x: torch.Tensor, sigmas: torch.Tenso
     """Ancestral sampling with Euler steps (Ho et al. 2020 / Karras et al. 2022 in VE form), CFG fused in."""
     extra_args = extra_args or {}
     noise_sampler = noise_sampler or default_noise_sampler(x, seed=seed)
-    sig, s_in = host_sigmas(sigmas), x.new_ones([x.shape[0]])
+    sig, s_in = host_sigmas(sigmas), s_in_like(x)
     downs, ups = ancestral_schedule(sig, eta)
     sig_f, downs_f, ups_f = sig.tolist(), downs.tolist(), ups.tolist()
     for i, down in enumerate(downs_f):
@@ -143,7 +163,7 @@ def sample_euler_ancestral_cfg_pp(model: Denoiser, x: torch.Tensor, sigmas: torc
     capture = UncondCapture()
     extra_args = capture.install(extra_args)
     noise_sampler = noise_sampler or default_noise_sampler(x, seed=seed)
-    sig, s_in = host_sigmas(sigmas), x.new_ones([x.shape[0]])
+    sig, s_in = host_sigmas(sigmas), s_in_like(x)
     for i in range(len(sig) - 1):
         denoised = model(x, sig[i] * s_in, **extra_args)
         report(callback, x, i, sig[i], sig[i], denoised)
@@ -177,13 +197,10 @@ def sample_heun(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, extra
                 s_noise: float = 1.0) -> torch.Tensor:
     """Karras et al. (2022) Algorithm 2 with Heun (trapezoidal) steps; Euler for the final step to sigma 0."""
     extra_args = extra_args or {}
-    sig, s_in = host_sigmas(sigmas), x.new_ones([x.shape[0]])
-    churn_noise = _churn_noise(x, s_churn, noise_sampler, seed)
+    sig, s_in = host_sigmas(sigmas), s_in_like(x)
+    churn = _Churn.make(x, s_churn, s_tmin, s_tmax, s_noise, noise_sampler, seed)
     for i in range(len(sig) - 1):
-        sigma_hat, x = _churn(x, sig, i, s_churn, s_tmin, s_tmax, s_noise, churn_noise)
-        denoised = model(x, sigma_hat * s_in, **extra_args)
-        d = to_d(x, sigma_hat, denoised)
-        report(callback, x, i, sig[i], sigma_hat, denoised)
+        x, sigma_hat, d = _churned_derivative(model, x, sig, i, s_in, extra_args, churn, callback)
         dt = sig[i + 1] - sigma_hat
         if sig[i + 1] == 0:
             x = x + d * dt
@@ -201,14 +218,11 @@ def sample_heunpp2(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *,
                    s_tmin: float = 0.0, s_tmax: float = float("inf"), s_noise: float = 1.0) -> torch.Tensor:
     """Heun++ (Carzit's sd-webui-samplers-scheduler): a 3-evaluation weighted Heun step, Heun near the end."""
     extra_args = extra_args or {}
-    sig, s_in = host_sigmas(sigmas), x.new_ones([x.shape[0]])
-    churn_noise = _churn_noise(x, s_churn, noise_sampler, seed)
+    sig, s_in = host_sigmas(sigmas), s_in_like(x)
+    churn = _Churn.make(x, s_churn, s_tmin, s_tmax, s_noise, noise_sampler, seed)
     s_end = sig[-1]
     for i in range(len(sig) - 1):
-        sigma_hat, x = _churn(x, sig, i, s_churn, s_tmin, s_tmax, s_noise, churn_noise)
-        denoised = model(x, sigma_hat * s_in, **extra_args)
-        d = to_d(x, sigma_hat, denoised)
-        report(callback, x, i, sig[i], sigma_hat, denoised)
+        x, sigma_hat, d = _churned_derivative(model, x, sig, i, s_in, extra_args, churn, callback)
         dt = sig[i + 1] - sigma_hat
         if sig[i + 1] == s_end:
             x = x + d * dt
@@ -235,13 +249,10 @@ def sample_dpm_2(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, extr
                  s_noise: float = 1.0) -> torch.Tensor:
     """DPM-Solver-2 (Lu et al. 2022) in Karras's Algorithm 2: midpoint in log-sigma."""
     extra_args = extra_args or {}
-    sig, s_in = host_sigmas(sigmas), x.new_ones([x.shape[0]])
-    churn_noise = _churn_noise(x, s_churn, noise_sampler, seed)
+    sig, s_in = host_sigmas(sigmas), s_in_like(x)
+    churn = _Churn.make(x, s_churn, s_tmin, s_tmax, s_noise, noise_sampler, seed)
     for i in range(len(sig) - 1):
-        sigma_hat, x = _churn(x, sig, i, s_churn, s_tmin, s_tmax, s_noise, churn_noise)
-        denoised = model(x, sigma_hat * s_in, **extra_args)
-        d = to_d(x, sigma_hat, denoised)
-        report(callback, x, i, sig[i], sigma_hat, denoised)
+        x, sigma_hat, d = _churned_derivative(model, x, sig, i, s_in, extra_args, churn, callback)
         if sig[i + 1] == 0:
             x = x + d * (sig[i + 1] - sigma_hat)
         else:
@@ -260,7 +271,7 @@ def sample_dpm_2_ancestral(model: Denoiser, x: torch.Tensor, sigmas: torch.Tenso
     """Ancestral sampling with DPM-Solver-2 steps (Lu et al. 2022; Karras et al. 2022)."""
     extra_args = extra_args or {}
     noise_sampler = noise_sampler or default_noise_sampler(x, seed=seed)
-    sig, s_in = host_sigmas(sigmas), x.new_ones([x.shape[0]])
+    sig, s_in = host_sigmas(sigmas), s_in_like(x)
     downs, ups = ancestral_schedule(sig, eta)
     for i in range(len(sig) - 1):
         denoised = model(x, sig[i] * s_in, **extra_args)
@@ -306,7 +317,7 @@ def sample_lms(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, extra_
     if not 1 <= order <= 8:
         raise ValueError(f"lms order must be between 1 and 8, got {order}")
     extra_args = extra_args or {}
-    sig, s_in = host_sigmas(sigmas), x.new_ones([x.shape[0]])
+    sig, s_in = host_sigmas(sigmas), s_in_like(x)
     t = sig.double().numpy()
     ds: list[torch.Tensor] = []
     for i in range(len(sig) - 1):
@@ -344,7 +355,7 @@ def sample_ddpm(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, extra
     """DDPM ancestral sampling (Ho et al. 2020) on the given sigma ladder."""
     extra_args = extra_args or {}
     noise_sampler = noise_sampler or default_noise_sampler(x, seed=seed)
-    sig, s_in = host_sigmas(sigmas), x.new_ones([x.shape[0]])
+    sig, s_in = host_sigmas(sigmas), s_in_like(x)
     for i in range(len(sig) - 1):
         denoised = model(x, sig[i] * s_in, **extra_args)
         report(callback, x, i, sig[i], sig[i], denoised)
@@ -362,7 +373,7 @@ def sample_lcm(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, extra_
     """Latent Consistency Model multistep sampling (Luo et al. 2023): jump to x0, re-noise to the next sigma."""
     extra_args = extra_args or {}
     noise_sampler = noise_sampler or default_noise_sampler(x, seed=seed)
-    sig, s_in = host_sigmas(sigmas), x.new_ones([x.shape[0]])
+    sig, s_in = host_sigmas(sigmas), s_in_like(x)
     for i in range(len(sig) - 1):
         denoised = model(x, sig[i] * s_in, **extra_args)
         report(callback, x, i, sig[i], sig[i], denoised)

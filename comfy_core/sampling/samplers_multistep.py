@@ -15,17 +15,9 @@ from typing import Any
 
 import torch
 
-from .common import Denoiser, report
-from .ext_base import (
-    Callback,
-    NoiseSampler,
-    ancestral_step,
-    cfg_pp_model,
-    make_brownian_noise_sampler,
-    make_default_noise_sampler,
-    require_distinct_steps,
-    s_in_like,
-)
+from .common import Callback, Denoiser, UncondCapture, report, s_in_like, weighted_sum
+from .ext_base import ancestral_step, require_distinct_steps
+from .noise import NoiseSampler, brownian_noise_sampler, default_noise_sampler
 
 # ---------------------------------------------------------------------------------------------------------------------
 # DPM-Solver++(3M) SDE
@@ -40,7 +32,7 @@ def sample_dpmpp_3m_sde(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, 
         return x
     extra_args = {} if extra_args is None else extra_args
     if noise_sampler is None:
-        noise_sampler = make_brownian_noise_sampler(x, sigmas, seed, cpu=brownian_on_cpu)
+        noise_sampler = brownian_noise_sampler(x, sigmas, seed, cpu=brownian_on_cpu)
     sig = sigmas.tolist()
     require_distinct_steps(sig, "dpmpp_3m_sde")
     s_in = s_in_like(x)
@@ -131,18 +123,11 @@ def _ipndm(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, extra_args: d
             x = denoised
         elif variable:
             steps = [sig[i + 1 - k] - sig[i - k] for k in range(order)]  # h0, h1, ...
-            x = x + dt * _combine(_ipndm_variable_weights(order, *steps), [d] + ds)
+            x = x + dt * weighted_sum(_ipndm_variable_weights(order, *steps), [d] + ds)
         else:
-            x = x + dt * _combine(_ipndm_fixed_weights(order), [d] + ds)
+            x = x + dt * weighted_sum(_ipndm_fixed_weights(order), [d] + ds)
         ds = ([d] + ds)[: max_order - 1]
     return x
-
-
-def _combine(weights: list[float], tensors: list[torch.Tensor]) -> torch.Tensor:
-    out = tensors[0] * weights[0]
-    for w, t in zip(weights[1:], tensors[1:]):
-        out = out + t * w
-    return out
 
 
 def sample_ipndm(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, extra_args: dict | None = None,
@@ -225,7 +210,7 @@ def sample_deis(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, extra
         if order == 1:
             x = x + (sig[i + 1] - sig[i]) * d
         else:
-            x = x + _combine(coeffs[i], [d] + ds)
+            x = x + weighted_sum(coeffs[i], [d] + ds)
         ds = ([d] + ds)[: max_order - 1]
     return x
 
@@ -247,17 +232,17 @@ def _res_multistep(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, extra
                    cfg_pp: bool) -> torch.Tensor:
     """Second-order exponential multistep step of RES in log-sigma time, with optional ancestral noise and CFG++."""
     extra_args = {} if extra_args is None else extra_args
-    uncond = None
+    capture = UncondCapture()
     if cfg_pp:
-        extra_args, uncond = cfg_pp_model(model, extra_args)
+        extra_args = capture.install(extra_args)
     if noise_sampler is None and eta > 0:
-        noise_sampler = make_default_noise_sampler(x, seed)
+        noise_sampler = default_noise_sampler(x, seed)
     sig = sigmas.tolist()
     s_in = s_in_like(x)
     old_denoised, old_sigma_down = None, None
     for i in range(len(sig) - 1):
         denoised = model(x, sigmas[i] * s_in, **extra_args)
-        guide = uncond() if cfg_pp else denoised  # the prediction the solver integrates
+        guide = capture.get() if cfg_pp else denoised  # the prediction the solver integrates
         sigma_down, sigma_up = ancestral_step(sig[i], sig[i + 1], eta)
         report(callback, x, i, sigmas[i], sigmas[i], denoised)
         if sigma_down == 0 or old_denoised is None:
@@ -332,15 +317,15 @@ def sample_res_multistep_ancestral_cfg_pp(model: Denoiser, x: torch.Tensor, sigm
 def _gradient_estimation(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, extra_args: dict | None,
                          callback: Callback | None, ge_gamma: float, cfg_pp: bool) -> torch.Tensor:
     extra_args = {} if extra_args is None else extra_args
-    uncond = None
+    capture = UncondCapture()
     if cfg_pp:
-        extra_args, uncond = cfg_pp_model(model, extra_args)
+        extra_args = capture.install(extra_args)
     sig = sigmas.tolist()
     s_in = s_in_like(x)
     old_d = None
     for i in range(len(sig) - 1):
         denoised = model(x, sigmas[i] * s_in, **extra_args)
-        d = (x - (uncond() if cfg_pp else denoised)) / sigmas[i]
+        d = (x - (capture.get() if cfg_pp else denoised)) / sigmas[i]
         report(callback, x, i, sigmas[i], sigmas[i], denoised)
         dt = sig[i + 1] - sig[i]
         if sig[i + 1] == 0:

@@ -13,8 +13,9 @@ from typing import Any
 
 import torch
 
-from .common import Denoiser, report
-from .ext_base import Callback, NoiseSampler, make_default_noise_sampler, require_distinct_steps, s_in_like
+from .common import Callback, Denoiser, report, s_in_like, weighted_sum
+from .ext_base import require_distinct_steps
+from .noise import NoiseSampler, default_noise_sampler
 
 TauFn = Callable[[float], float]
 
@@ -61,13 +62,6 @@ def adams_weights(sigma_t: float, nodes: list[float], lam_s: float, lam_t: float
     return weights.tolist()
 
 
-def _weighted(weights: list[float], preds: list[torch.Tensor]) -> torch.Tensor:
-    out = preds[0] * weights[0]
-    for w, p in zip(weights[1:], preds[1:]):
-        out = out + p * w
-    return out
-
-
 def sample_sa_solver(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, extra_args: dict | None = None,
                      callback: Callback | None = None, noise_sampler: NoiseSampler | None = None,
                      seed: int | None = None, tau_func: TauFn | None = None, s_noise: float = 1.0,
@@ -76,7 +70,7 @@ def sample_sa_solver(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, 
     if len(sigmas) <= 1:
         return x
     extra_args = {} if extra_args is None else extra_args
-    noise_sampler = make_default_noise_sampler(x, seed) if noise_sampler is None else noise_sampler
+    noise_sampler = default_noise_sampler(x, seed) if noise_sampler is None else noise_sampler
     tau_func = _default_tau(model) if tau_func is None else tau_func
     sig = sigmas.tolist()
     require_distinct_steps(sig, "sa_solver")
@@ -112,7 +106,7 @@ def _correct(state: dict, preds: list[torch.Tensor], sig: list[float], lam: list
     """Redo the step sig[i-1] -> sig[i] with the new prediction included (the previous step's tau and noise)."""
     tau, h = state["tau"], state["h"]
     weights = adams_weights(sig[i], lam[i - order + 1:i + 1], lam[i - 1], lam[i], tau)
-    x = (sig[i] / sig[i - 1] * math.exp(-(tau ** 2) * h)) * state["x"] + _weighted(weights, preds[-order:])
+    x = (sig[i] / sig[i - 1] * math.exp(-(tau ** 2) * h)) * state["x"] + weighted_sum(weights, preds[-order:])
     if tau > 0 and s_noise > 0:
         x = x + state["noise"]
     state["x"] = x
@@ -123,7 +117,7 @@ def _predict(state: dict, preds: list[torch.Tensor], sigmas: torch.Tensor, sig: 
     """Adams-Bashforth-type step sig[i] -> sig[i+1] through the last `order` predictions, plus SDE noise."""
     weights = adams_weights(sig[i + 1], lam[i - order + 1:i + 1], lam[i], lam[i + 1], tau)
     h = lam[i + 1] - lam[i]
-    x_pred = (sig[i + 1] / sig[i] * math.exp(-(tau ** 2) * h)) * state["x"] + _weighted(weights, preds[-order:])
+    x_pred = (sig[i + 1] / sig[i] * math.exp(-(tau ** 2) * h)) * state["x"] + weighted_sum(weights, preds[-order:])
     if tau > 0 and s_noise > 0:
         std = sig[i + 1] * math.sqrt(-math.expm1(-2 * tau ** 2 * h)) * s_noise
         state["noise"] = noise_sampler(sigmas[i], sigmas[i + 1]) * std

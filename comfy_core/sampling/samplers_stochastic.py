@@ -13,8 +13,9 @@ from typing import Any
 
 import torch
 
-from .common import Denoiser, report
-from .ext_base import Callback, NoiseSampler, make_default_noise_sampler, require_distinct_steps, s_in_like
+from .common import Callback, Denoiser, report, s_in_like
+from .ext_base import require_distinct_steps
+from .noise import NoiseSampler, default_noise_sampler
 
 
 def _lam(sigma: float) -> float:
@@ -46,7 +47,7 @@ def sample_er_sde(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, ext
                   s_noise: float = 1.0, noise_scaler: Callable | None = None, max_stage: int = 3) -> torch.Tensor:
     """Extended reverse-time SDE solver, VP ER-SDE-Solver-3 (arXiv:2309.06169)."""
     extra_args = {} if extra_args is None else extra_args
-    noise_sampler = make_default_noise_sampler(x, seed) if noise_sampler is None else noise_sampler
+    noise_sampler = default_noise_sampler(x, seed) if noise_sampler is None else noise_sampler
     scaler = _er_noise_scaler if noise_scaler is None else noise_scaler
     sig = sigmas.tolist()
     require_distinct_steps(sig, "er_sde")
@@ -156,7 +157,7 @@ def _seeds3_step(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, i: int,
 def _seeds(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, extra_args: dict | None, callback: Callback | None,
            noise_sampler, seed: int | None, eta: float, s_noise: float, rs: tuple[float, ...]) -> torch.Tensor:
     extra_args = {} if extra_args is None else extra_args
-    noise_sampler = make_default_noise_sampler(x, seed) if noise_sampler is None else noise_sampler
+    noise_sampler = default_noise_sampler(x, seed) if noise_sampler is None else noise_sampler
     sig = sigmas.tolist()
     if len(rs) > 1:  # SEEDS-3 divides by h through phi_2
         require_distinct_steps(sig, "seeds_3")

@@ -15,8 +15,9 @@ import math
 
 import torch
 
-from .common import Denoiser, report
-from .ext_base import Callback, NoiseSampler, require_distinct_steps, s_in_like
+from .common import Callback, Denoiser, report, s_in_like, weighted_sum
+from .ext_base import require_distinct_steps
+from .noise import NoiseSampler
 
 _FINAL_SIGMA = 0.001  # UniPC stops here instead of at sigma 0 (its lambda would be infinite)
 
@@ -90,21 +91,14 @@ def _unipc_update(predict: _DataPrediction, x: torch.Tensor, history: list[tuple
     x_base = (sigma_vp[k] / sigma_vp[j0]) * x - (alpha[k] * math.expm1(-h)) * d_0
     x_t = x_base
     if d1s:
-        x_t = x_base - (alpha[k] * b_h) * _combine(rhos_p, d1s)
+        x_t = x_base - (alpha[k] * b_h) * weighted_sum(rhos_p, d1s)
     if not use_corrector:
         return x_t, None
     d_t = predict(x_t, sig[k], alpha[k], sigma_vp[k])
     corr = rhos_c[-1] * (d_t - d_0)
     if d1s:
-        corr = corr + _combine(rhos_c[:-1], d1s)
+        corr = corr + weighted_sum(rhos_c[:-1], d1s)
     return x_base - (alpha[k] * b_h) * corr, d_t
-
-
-def _combine(weights: list[float], tensors: list[torch.Tensor]) -> torch.Tensor:
-    out = tensors[0] * weights[0]
-    for w, t in zip(weights[1:], tensors[1:]):
-        out = out + t * w
-    return out
 
 
 def _uni_pc(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, extra_args: dict | None, callback: Callback | None,
