@@ -10,6 +10,7 @@ cond mean 1.0 and uncond mean 0.25. Outputs are stored after process_latent_out 
 
 `run_reference_case(name, section)` reproduces one case end to end (scheduler, noise, noise scaling, sampler,
 latent-out) and returns (ours, expected, model_calls); a name without an implementation raises `NotImplementedError`.
+`check_reference_case(name, section, tolerance)` runs it and asserts the output and the model calls.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -143,3 +145,15 @@ def run_reference_case(name: str, section: str, seed: int = SEED,
 def relative_error(ours: torch.Tensor, expected: torch.Tensor) -> float:
     """max |ours - expected| / max |expected| (the refs' tolerance measure)."""
     return float((ours - expected).abs().max() / expected.abs().max())
+
+
+def check_reference_case(name: str, section: str, tolerance: float) -> None:
+    """Assert that sampler `name` reproduces ComfyUI's case: finite output within `tolerance` (relative error) and
+    the same number of model calls at the same sigmas."""
+    ours, expected, calls = run_reference_case(name, section)
+    ref = sampler_refs()[section][name]
+    assert torch.isfinite(ours).all()
+    assert relative_error(ours, expected) <= tolerance
+    assert len(calls) == ref["model_calls"]
+    for got, want in zip(calls, ref["model_call_sigmas"]):
+        assert got == pytest.approx(want, rel=1e-5)

@@ -8,9 +8,7 @@ from comfy_core.models.model_sampling import ModelSampling
 from comfy_core.sampling import samplers as S
 from comfy_core.sampling.common import POST_CFG_FUNCTIONS, UncondCapture, get_ancestral_step, to_d
 from comfy_core.sampling.noise import prepare_noise
-from fixtures_sampling import (
-    SECTIONS, case_sigmas, make_toy, relative_error, run_reference_case, sampler_refs,
-)
+from fixtures_sampling import SECTIONS, case_sigmas, check_reference_case, make_toy, sampler_refs
 
 TOLERANCE = 1e-4  # max |ours - ComfyUI| / max |ComfyUI|, for every sampler (SDE ones included: same Brownian tree)
 CASES = [(name, section) for section in SECTIONS for name in S.KSAMPLER_NAMES]
@@ -29,13 +27,7 @@ def _require(name: str) -> None:
 @pytest.mark.parametrize("name,section", CASES, ids=[f"{s}-{n}" for n, s in CASES])
 def test_matches_comfyui(name: str, section: str) -> None:
     _require(name)
-    ours, expected, calls = run_reference_case(name, section)
-    ref = sampler_refs()[section][name]
-    assert torch.isfinite(ours).all()
-    assert relative_error(ours, expected) <= TOLERANCE
-    assert len(calls) == ref["model_calls"]
-    for got, want in zip(calls, ref["model_call_sigmas"]):
-        assert got == pytest.approx(want, rel=1e-5)
+    check_reference_case(name, section, TOLERANCE)
 
 
 @pytest.mark.parametrize("name", S.KSAMPLER_NAMES)

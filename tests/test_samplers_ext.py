@@ -11,7 +11,7 @@ import math
 import pytest
 import torch
 
-from fixtures_sampling import SECTIONS, case_sigmas, make_toy, relative_error, run_reference_case, sampler_refs
+from fixtures_sampling import SECTIONS, case_sigmas, check_reference_case, make_toy, sampler_refs
 
 from comfy_core.sampling import samplers_multistep, samplers_sa, samplers_stochastic, samplers_unipc
 from comfy_core.sampling.samplers_multistep import _ipndm_fixed_weights, _ipndm_variable_weights, deis_coefficients
@@ -35,13 +35,7 @@ def test_every_extended_name_is_registered() -> None:
 @pytest.mark.parametrize("section", sorted(SECTIONS))
 @pytest.mark.parametrize("name", EXT_NAMES)
 def test_matches_comfyui(name: str, section: str) -> None:
-    ours, expected, calls = run_reference_case(name, section)
-    ref = sampler_refs()[section][name]
-    assert torch.isfinite(ours).all()
-    assert relative_error(ours, expected) <= TOLERANCE
-    assert len(calls) == ref["model_calls"]
-    for got, want in zip(calls, ref["model_call_sigmas"]):
-        assert got == pytest.approx(want, rel=1e-5)
+    check_reference_case(name, section, TOLERANCE)
 
 
 def _run(name: str, seed: int, section: str = "samplers") -> torch.Tensor:
