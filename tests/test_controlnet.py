@@ -9,10 +9,7 @@ import torch
 from safetensors.torch import save_file
 
 from comfy_core import context
-from comfy_core.config import EngineConfig
-from comfy_core.context import NodeContext
 from comfy_core.errors import ComfyCoreError, ModelLoadError
-from comfy_core.folders import ModelFolders
 from comfy_core.models.controlnet import (
     ControlLora, ControlNetModel, broadcast_hint, control_lora_weights, controlnet_from_state_dict,
     detect_controlnet_config, load_controlnet, merge_control,
@@ -25,6 +22,7 @@ from comfy_core.nodes.registry import node_info
 from fixtures_guidance import (
     random_state_dict, tiny_controlnet_sd, tiny_diffusion_model, tiny_unet_config,
 )
+from fixtures_nodes import node_context
 
 DATA = Path(__file__).parent / "data"
 SD15 = UNetConfig()  # the defaults are SD1.5's
@@ -295,19 +293,10 @@ def test_unclip_conditioning_appends():
     assert adm[0, 8:].tolist() == [1.0] * 4 + [0.0] * 4  # cos/sin embedding of noise level 0
 
 
-def _engine_context(tmp_path) -> NodeContext:
-    from comfy_core.storage import Storage
-    cfg = EngineConfig(models_dir=str(tmp_path / "models"), input_dir=str(tmp_path / "in"),
-                       output_dir=str(tmp_path / "out"), temp_dir=str(tmp_path / "tmp"))
-    folders = ModelFolders(cfg.models_dir)
-    folders.create_dirs()
-    return NodeContext(config=cfg, storage=Storage(cfg.input_dir, cfg.output_dir, cfg.temp_dir), folders=folders)
-
-
 def test_loader_and_preprocessor_nodes_in_an_engine_context(tmp_path, sd1):
     from fixtures_guidance import tiny_clip_vision, tiny_hed
     cfg, _, _ = sd1
-    ctx = _engine_context(tmp_path)
+    ctx = node_context(tmp_path)
     models = Path(ctx.config.models_dir)
     save_file(tiny_controlnet_sd(cfg), str(models / "controlnet" / "cn.safetensors"))
     save_file(tiny_clip_vision(), str(models / "clip_vision" / "cv.safetensors"))

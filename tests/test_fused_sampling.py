@@ -15,10 +15,7 @@ import pytest
 import torch
 
 from comfy_core import context
-from comfy_core.config import EngineConfig
-from comfy_core.context import NodeContext
 from comfy_core.errors import ComfyCoreError
-from comfy_core.folders import ModelFolders
 from comfy_core.kernels import attention as attention_mod
 from comfy_core.models.cache import ModelCache
 from comfy_core.models.model_sampling import ModelSampling
@@ -28,7 +25,7 @@ from comfy_core.sampling.common import GuidedPrediction, guided_prediction, with
 from comfy_core.sampling.guidance import CFGDenoiser, InpaintDenoiser, prepare_conds
 from comfy_core.sampling.samplers import get_sampler
 from comfy_core.sampling.schedulers import ksampler_sigmas
-from comfy_core.storage import Storage
+from fixtures_nodes import node_context
 from fixtures_sampling import SECTIONS, make_toy, run_reference_case
 
 FUSED = ["euler", "euler_ancestral", "dpmpp_2m", "ddim"]  # ddim is euler
@@ -188,12 +185,7 @@ def test_guider_model_options_merge_the_models_transformer_options():
 
 @pytest.fixture()
 def node_ctx(tmp_path):
-    cfg = EngineConfig(models_dir=str(tmp_path / "models"), input_dir=str(tmp_path / "in"),
-                       output_dir=str(tmp_path / "out"), temp_dir=str(tmp_path / "tmp"))
-    folders = ModelFolders(cfg.models_dir)
-    folders.create_dirs()
-    return NodeContext(config=cfg, storage=Storage(cfg.input_dir, cfg.output_dir, cfg.temp_dir), folders=folders,
-                       models=ModelCache(), device=torch.device("cpu"), dtype=torch.float32)
+    return node_context(tmp_path, models=ModelCache(), device=torch.device("cpu"), dtype=torch.float32)
 
 
 def test_ksampler_node_forces_the_engine_attention_backend(node_ctx, tmp_path, monkeypatch):

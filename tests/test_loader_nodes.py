@@ -10,18 +10,15 @@ from typing import Any
 import fixtures_models as fm
 import pytest
 import torch
+from fixtures_nodes import node_context, without_prose
 from safetensors.torch import load_file
 
 from comfy_core import context
-from comfy_core.config import EngineConfig
-from comfy_core.context import NodeContext
 from comfy_core.errors import ModelLoadError, NodeExecutionError
-from comfy_core.folders import ModelFolders
 from comfy_core.models.cache import ModelCache
 from comfy_core.nodes import loaders
 from comfy_core.nodes import vae as vae_nodes
 from comfy_core.nodes.registry import node_info
-from comfy_core.storage import Storage
 
 DATA = Path(__file__).parent / "data"
 REFERENCE = json.loads((DATA / "object_info_models.json").read_text())
@@ -32,19 +29,11 @@ FILE_INPUTS = {"ckpt_name", "config_name", "unet_name", "vae_name", "clip_name",
 
 
 def normalized(info: dict[str, Any]) -> dict[str, Any]:
-    def walk(value: Any, key: str | None = None) -> Any:
-        if isinstance(value, dict):
-            return {k: ("<tooltip>" if k == "tooltip" else walk(v, k)) for k, v in value.items()}
-        if isinstance(value, list):
+    info = without_prose(info)
+    for section in info["input"].values():
+        for key, spec in section.items():
             if key in FILE_INPUTS:  # [choices, options?]: the choice list reflects a machine's folders
-                return [[c for c in value[0] if c == "pixel_space"]] + [walk(v) for v in value[1:]]
-            return [walk(v) for v in value]
-        return value
-
-    info = walk(info)
-    info["description"] = "<description>" if info["description"] else ""
-    if "output_tooltips" in info:
-        info["output_tooltips"] = ["<tooltip>" for _ in info["output_tooltips"]]
+                spec[0] = [c for c in spec[0] if c == "pixel_space"]
     return info
 
 
@@ -71,12 +60,7 @@ def test_prose_is_our_own():
 
 @pytest.fixture()
 def ctx(tmp_path):
-    cfg = EngineConfig(models_dir=str(tmp_path / "models"), input_dir=str(tmp_path / "in"),
-                       output_dir=str(tmp_path / "out"), temp_dir=str(tmp_path / "tmp"))
-    folders = ModelFolders(cfg.models_dir)
-    folders.create_dirs()
-    node_ctx = NodeContext(config=cfg, storage=Storage(cfg.input_dir, cfg.output_dir, cfg.temp_dir), folders=folders,
-                           models=ModelCache(), device=torch.device("cpu"), dtype=torch.float32)
+    node_ctx = node_context(tmp_path, models=ModelCache(), device=torch.device("cpu"), dtype=torch.float32)
     with context.use(node_ctx):
         yield node_ctx
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fixtures_nodes import without_prose
 
 from comfy_core.nodes import conditioning, image, latent, mask, primitives
 from comfy_core.nodes.registry import node_info
@@ -19,17 +20,7 @@ FILE_LIST_INPUTS = {("LoadImage", "image"), ("LoadImageMask", "image")}
 
 def normalized(name: str, info: dict[str, Any]) -> dict[str, Any]:
     """Prose replaced by markers that keep where it exists; machine-specific file lists emptied."""
-    def walk(value: Any) -> Any:
-        if isinstance(value, dict):
-            return {k: ("<tooltip>" if k == "tooltip" else walk(v)) for k, v in value.items()}
-        if isinstance(value, list):
-            return [walk(v) for v in value]
-        return value
-
-    info = walk(info)
-    info["description"] = "<description>" if info["description"] else ""
-    if "output_tooltips" in info:
-        info["output_tooltips"] = [None if t is None else "<tooltip>" for t in info["output_tooltips"]]
+    info = without_prose(info)
     for node, field in FILE_LIST_INPUTS:
         if node == name:
             info["input"]["required"][field][0] = []
