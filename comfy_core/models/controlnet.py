@@ -44,7 +44,7 @@ from torch import nn
 
 from ..errors import ComfyCoreError, ModelLoadError
 from ..upscale import common_upscale
-from .detect import _input_levels, _Keys
+from .detect import ShapeKeys, encoder_config
 from .model_sampling import ModelSampling
 from .state_dict import open_state_dict
 from .unet import UNetConfig, UNetModel, timestep_embedding
@@ -69,26 +69,9 @@ def find_controlnet_prefix(sd: Mapping[str, Any]) -> str | None:
 
 def detect_controlnet_config(sd: Mapping[str, Any], prefix: str, source: str = "state dict") -> UNetConfig:
     """The UNet-encoder config of a ControlNet from its keys (a ControlNet has no output blocks)."""
-    k = _Keys(sd, prefix, source)
-    mc, in_ch = k.shape("input_blocks.0.0.weight")[:2]
-    adm = k.shape("label_emb.0.0.weight")[1] if k.has("label_emb.0.0.weight") else None
-    mults, res_blocks, depth_in = _input_levels(k, mc)
-    depth_mid = (k.count("middle_block.1.transformer_blocks.{}.attn1.to_q.weight")
-                 if k.has("middle_block.1.norm.weight") else -1)
-    first = next((key[len(prefix):-len("transformer_blocks.0.attn2.to_k.weight")] for key in sorted(k.keys)
-                  if key.startswith(prefix) and key.endswith(".transformer_blocks.0.attn2.to_k.weight")), None)
-    if first is None:
-        raise ModelLoadError(f"{source}: ControlNet has no cross-attention (no *.transformer_blocks.0.attn2.*)")
-    context_dim = k.shape(first + "transformer_blocks.0.attn2.to_k.weight")[1]
-    linear = len(k.shape(first + "proj_in.weight")) == 2
-    sd1_like = not linear and adm is None
-    return UNetConfig(
-        in_channels=in_ch, out_channels=in_ch, model_channels=mc, channel_mult=tuple(mults),
-        num_res_blocks=tuple(res_blocks), transformer_depth=tuple(depth_in),
-        transformer_depth_output=(0,) * sum(r + 1 for r in res_blocks), transformer_depth_middle=depth_mid,
-        context_dim=context_dim, use_linear_in_transformer=linear, num_heads=8 if sd1_like else -1,
-        num_head_channels=-1 if sd1_like else 64, adm_in_channels=adm,
-    )
+    encoder = encoder_config(ShapeKeys(sd, prefix, source), "ControlNet")
+    n_out = sum(r + 1 for r in encoder["num_res_blocks"])
+    return UNetConfig(out_channels=encoder["in_channels"], transformer_depth_output=(0,) * n_out, **encoder)
 
 
 # ------------------------------------------------------------------------------------------------ network
@@ -150,7 +133,7 @@ def build_controlnet_model(sd: Mapping[str, torch.Tensor], prefix: str, *, sourc
                            device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> ControlNetModel:
     """A ControlNetModel with every weight from `sd` (under `prefix`); missing or extra tensors are an error."""
     cfg = detect_controlnet_config(sd, prefix, source)
-    hint_channels = _Keys(sd, prefix, source).shape("input_hint_block.0.weight")[1]
+    hint_channels = ShapeKeys(sd, prefix, source).shape("input_hint_block.0.weight")[1]
     with torch.device("meta"):
         model = ControlNetModel(cfg, hint_channels)
     expected = model.state_dict().keys()

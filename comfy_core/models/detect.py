@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
@@ -60,8 +60,8 @@ class ModelSpec:
         return None
 
 
-class _Keys:
-    """Shape lookups on a state dict (or a plain dict of tensors) with the file named in errors."""
+class ShapeKeys:
+    """Shape lookups on a state dict (or a plain dict of tensors) under a key prefix, with the file named in errors."""
 
     def __init__(self, sd: Mapping, prefix: str, source: str):
         self.sd, self.prefix, self.source = sd, prefix, source
@@ -100,7 +100,7 @@ def find_vae_prefix(sd: Mapping) -> str | None:
     return None
 
 
-def _input_levels(k: _Keys, mc: int) -> tuple[list[int], list[int], list[int]]:
+def input_levels(k: ShapeKeys, mc: int) -> tuple[list[int], list[int], list[int]]:
     """Walk input_blocks: (channel_mult, num_res_blocks per level, transformer depth per res block)."""
     mults, res_blocks, depths = [], [], []
     n, blocks, mult = 1, 0, None
@@ -125,37 +125,43 @@ def _input_levels(k: _Keys, mc: int) -> tuple[list[int], list[int], list[int]]:
     return mults, res_blocks, depths
 
 
-def _first_transformer(k: _Keys) -> str | None:
+def _first_transformer(k: ShapeKeys) -> str | None:
     for key in sorted(k.keys):
         if key.startswith(k.prefix) and key.endswith(".transformer_blocks.0.attn2.to_k.weight"):
             return key[len(k.prefix):-len("transformer_blocks.0.attn2.to_k.weight")]
     return None
 
 
-def detect_unet_config(sd: Mapping, prefix: str, source: str = "state dict") -> UNetConfig:
-    """UNetConfig from the UNet keys under `prefix` (heads chosen by family: SD1 8 heads, else 64-ch heads)."""
-    k = _Keys(sd, prefix, source)
+def encoder_config(k: ShapeKeys, what: str = "UNet") -> dict[str, Any]:
+    """The UNetConfig fields that the encoder half (input blocks, middle block, ADM input) determines; a UNet and a
+    ControlNet (a copy of that half) share them. Heads by family: SD1 8 heads, everything else 64-channel heads."""
     mc, in_ch = k.shape("input_blocks.0.0.weight")[:2]
-    out_ch = k.shape("out.2.weight")[0]
     adm = k.shape("label_emb.0.0.weight")[1] if k.has("label_emb.0.0.weight") else None
-    mults, res_blocks, depth_in = _input_levels(k, mc)
-    n_out = sum(r + 1 for r in res_blocks)
-    if not k.has(f"output_blocks.{n_out - 1}.0.in_layers.0.weight") or k.has(f"output_blocks.{n_out}.0.in_layers.0.weight"):
-        raise ModelLoadError(f"{source}: expected {n_out} UNet output blocks (output_blocks.0..{n_out - 1})")
-    depth_out = [k.count(f"output_blocks.{n}.1.transformer_blocks.{{}}.attn1.to_q.weight") for n in range(n_out)]
+    mults, res_blocks, depth_in = input_levels(k, mc)
     depth_mid = k.count("middle_block.1.transformer_blocks.{}.attn1.to_q.weight") if k.has("middle_block.1.norm.weight") else -1
     first = _first_transformer(k)
     if first is None:
-        raise ModelLoadError(f"{source}: UNet has no cross-attention (no *.transformer_blocks.0.attn2.to_k.weight)")
-    context_dim = k.shape(first + "transformer_blocks.0.attn2.to_k.weight")[1]
+        raise ModelLoadError(f"{k.source}: {what} has no cross-attention (no *.transformer_blocks.0.attn2.to_k.weight)")
     linear = len(k.shape(first + "proj_in.weight")) == 2
     sd1_like = not linear and adm is None
-    return UNetConfig(
-        in_channels=in_ch, out_channels=out_ch, model_channels=mc, channel_mult=tuple(mults),
-        num_res_blocks=tuple(res_blocks), transformer_depth=tuple(depth_in), transformer_depth_output=tuple(depth_out),
-        transformer_depth_middle=depth_mid, context_dim=context_dim, use_linear_in_transformer=linear,
+    return dict(
+        in_channels=in_ch, model_channels=mc, channel_mult=tuple(mults), num_res_blocks=tuple(res_blocks),
+        transformer_depth=tuple(depth_in), transformer_depth_middle=depth_mid,
+        context_dim=k.shape(first + "transformer_blocks.0.attn2.to_k.weight")[1], use_linear_in_transformer=linear,
         num_heads=8 if sd1_like else -1, num_head_channels=-1 if sd1_like else 64, adm_in_channels=adm,
     )
+
+
+def detect_unet_config(sd: Mapping, prefix: str, source: str = "state dict") -> UNetConfig:
+    """UNetConfig from the UNet keys under `prefix`: the encoder's fields plus the output blocks."""
+    k = ShapeKeys(sd, prefix, source)
+    out_ch = k.shape("out.2.weight")[0]
+    encoder = encoder_config(k)
+    n_out = sum(r + 1 for r in encoder["num_res_blocks"])
+    if not k.has(f"output_blocks.{n_out - 1}.0.in_layers.0.weight") or k.has(f"output_blocks.{n_out}.0.in_layers.0.weight"):
+        raise ModelLoadError(f"{source}: expected {n_out} UNet output blocks (output_blocks.0..{n_out - 1})")
+    depth_out = [k.count(f"output_blocks.{n}.1.transformer_blocks.{{}}.attn1.to_q.weight") for n in range(n_out)]
+    return UNetConfig(out_channels=out_ch, transformer_depth_output=tuple(depth_out), **encoder)
 
 
 def _family(cfg: UNetConfig) -> Family:
@@ -213,7 +219,7 @@ def detect_model(sd: Mapping, prefix: str | None = None, source: str = "state di
 
 def detect_vae_config(sd: Mapping, prefix: str, source: str = "state dict") -> VAEConfig:
     """VAEConfig of an LDM-layout AutoencoderKL under `prefix`."""
-    k = _Keys(sd, prefix, source)
+    k = ShapeKeys(sd, prefix, source)
     if k.has("encoder.down_blocks.0.resnets.0.conv1.weight") or k.has("decoder.up_blocks.0.resnets.0.conv1.weight"):
         raise ModelLoadError(f"{source}: diffusers-layout VAE files are not supported; use the LDM/ComfyUI layout")
     ch = k.shape("encoder.conv_in.weight")[0]
