@@ -11,35 +11,11 @@ from typing import Any
 
 import torch
 
-from .. import context
-from ..errors import ModelLoadError
-from ..models.cache import ModelCache
-from ..models.checkpoint import default_device_dtype, open_model_file
+from ..models.checkpoint import open_model_file
 from ..models.clip_vision import ClipVisionModel, clip_vision_from_state_dict, find_vision_prefix, load_clip_vision
+from .loaders import device_dtype, embedding_dirs, model_cache, model_files, model_path
 
 log = logging.getLogger(__name__)
-
-
-def _files(kind: str) -> list[str]:
-    ctx = context.current_or_none()
-    return ctx.folders.list(kind) if ctx is not None else []
-
-
-def _full_path(kind: str, name: str) -> Path:
-    path = context.current().folders.full_path(kind, name)
-    if path is None:
-        raise ModelLoadError(f"Model in folder '{kind}' with filename '{name}' not found.")
-    return path
-
-
-def _cache() -> ModelCache:
-    ctx = context.current()
-    return ctx.models if ctx.models is not None else ModelCache(cpu_budget_bytes=1, gpu_budget_bytes=1)
-
-
-def _device_dtype() -> tuple[torch.device, torch.dtype]:
-    ctx = context.current()
-    return default_device_dtype(ctx.device, ctx.dtype)
 
 
 def _vision_from_checkpoint(path: Path, device: torch.device, dtype: torch.dtype) -> ClipVisionModel | None:
@@ -61,12 +37,12 @@ class CLIPVisionLoader:
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
-        return {"required": {"clip_name": (_files("clip_vision"),)}}
+        return {"required": {"clip_name": (model_files("clip_vision"),)}}
 
     def load_clip(self, clip_name: str) -> tuple[ClipVisionModel]:
-        path = _full_path("clip_vision", clip_name)
-        device, dtype = _device_dtype()
-        model = _cache().get_custom(path, "clip_vision", lambda: load_clip_vision(path, device=device, dtype=dtype),
+        path = model_path("clip_vision", clip_name)
+        device, dtype = device_dtype()
+        model = model_cache().get_custom(path, "clip_vision", lambda: load_clip_vision(path, device=device, dtype=dtype),
                                     device=device, dtype=dtype)
         return (model,)
 
@@ -123,18 +99,13 @@ class unCLIPCheckpointLoader:  # noqa: N801 - ComfyUI's class name
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
-        return {"required": {"ckpt_name": (_files("checkpoints"),)}}
+        return {"required": {"ckpt_name": (model_files("checkpoints"),)}}
 
     def load_checkpoint(self, ckpt_name: str) -> tuple[Any, Any, Any, Any]:
-        path = _full_path("checkpoints", ckpt_name)
-        device, dtype = _device_dtype()
-        cache = _cache()
-        embedding_dirs: tuple[str, ...] = ()
-        try:
-            embedding_dirs = tuple(str(d) for d in context.current().folders.dirs("embeddings"))
-        except Exception:  # noqa: BLE001 - folders without an embeddings kind
-            pass
-        model, clip, vae = cache.load_checkpoint(path, device=device, dtype=dtype, embedding_dirs=embedding_dirs)
+        path = model_path("checkpoints", ckpt_name)
+        device, dtype = device_dtype()
+        cache = model_cache()
+        model, clip, vae = cache.load_checkpoint(path, device=device, dtype=dtype, embedding_dirs=embedding_dirs())
         vision = cache.get_custom(path, "clip_vision", lambda: _vision_from_checkpoint(path, device, dtype),
                                   device=device, dtype=dtype)
         if vision is None:

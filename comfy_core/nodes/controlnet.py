@@ -11,15 +11,15 @@ from typing import Any
 import torch
 
 from ..models.controlnet import ControlNet, load_controlnet
-from .clip_vision import _cache, _device_dtype, _files, _full_path
+from .loaders import device_dtype, model_cache, model_files, model_path
 
 
 def _load(name: str, model: Any = None) -> ControlNet:
-    path = _full_path("controlnet", name)
-    device, dtype = _device_dtype()
+    path = model_path("controlnet", name)
+    device, dtype = device_dtype()
     if model is not None:  # a difference ControlNet depends on the model it was combined with: do not cache
         return load_controlnet(path, model=model, device=device, dtype=dtype)
-    return _cache().get_custom(path, "controlnet", lambda: load_controlnet(path, device=device, dtype=dtype),
+    return model_cache().get_custom(path, "controlnet", lambda: load_controlnet(path, device=device, dtype=dtype),
                                device=device, dtype=dtype)
 
 
@@ -31,7 +31,7 @@ class ControlNetLoader:
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
-        return {"required": {"control_net_name": (_files("controlnet"),)}}
+        return {"required": {"control_net_name": (model_files("controlnet"),)}}
 
     def load_controlnet(self, control_net_name: str) -> tuple[ControlNet]:
         return (_load(control_net_name),)
@@ -45,7 +45,7 @@ class DiffControlNetLoader:
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
-        return {"required": {"model": ("MODEL",), "control_net_name": (_files("controlnet"),)}}
+        return {"required": {"model": ("MODEL",), "control_net_name": (model_files("controlnet"),)}}
 
     def load_controlnet(self, model: Any, control_net_name: str) -> tuple[ControlNet]:
         return (_load(control_net_name, model),)

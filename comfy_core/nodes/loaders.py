@@ -1,7 +1,8 @@
 """Loader nodes: checkpoints, standalone UNet / VAE / text-encoder files, LoRAs.
 
 File lists come from the engine's model folders at call time; loaded weights come from (and stay in) the engine's
-ModelCache, so a workflow that loads the same checkpoint twice pays once.
+ModelCache, so a workflow that loads the same checkpoint twice pays once. The model-file helpers here
+(`model_files`, `model_path`, `model_cache`, `device_dtype`, `embedding_dirs`) serve every loader node family.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from .. import context
 from ..errors import ModelLoadError
 from ..models import text_encoders
 from ..models.cache import ModelCache
+from ..models.checkpoint import default_device_dtype
 from ..models.lora import LoraPatch, clip_lora_targets, lora_patches_for, unet_targets
 from ..models.vae import PixelSpaceVAE
 
@@ -26,12 +28,13 @@ DUAL_CLIP_TYPES = ["sdxl", "sd3", "flux", "hunyuan_video", "hidream", "hunyuan_i
 UNET_WEIGHT_DTYPES = ["default", "fp8_e4m3fn", "fp8_e4m3fn_fast", "fp8_e5m2"]
 
 
-def _files(kind: str) -> list[str]:
+def model_files(kind: str) -> list[str]:
+    """The file-name choices of a model folder kind (none outside an engine, e.g. for a bare object_info)."""
     ctx = context.current_or_none()
     return ctx.folders.list(kind) if ctx is not None else []
 
 
-def _full_path(kind: str, name: str) -> Path:
+def model_path(kind: str, name: str) -> Path:
     """The file's path, or ComfyUI's not-found message."""
     path = context.current().folders.full_path(kind, name)
     if path is None:
@@ -39,19 +42,20 @@ def _full_path(kind: str, name: str) -> Path:
     return path
 
 
-def _cache() -> ModelCache:
+def model_cache() -> ModelCache:
     ctx = context.current()
     if ctx.models is None:  # outside an engine (tests, scripts): load without keeping anything
         return ModelCache(cpu_budget_bytes=1, gpu_budget_bytes=1)
     return ctx.models
 
 
-def _device_dtype() -> dict[str, Any]:
+def device_dtype() -> tuple[torch.device, torch.dtype]:
+    """The engine's device and dtype (CPU float32 when unset, float16 on CUDA: `default_device_dtype`)."""
     ctx = context.current()
-    return {"device": ctx.device, "dtype": ctx.dtype}
+    return default_device_dtype(ctx.device, ctx.dtype)
 
 
-def _embedding_dirs() -> tuple[str, ...]:
+def embedding_dirs() -> tuple[str, ...]:
     try:
         return tuple(str(d) for d in context.current().folders.dirs("embeddings"))
     except Exception:  # noqa: BLE001 - a folders object without an embeddings kind
@@ -67,8 +71,9 @@ def _with_engine_options(model: Any) -> Any:
 
 
 def load_checkpoint(ckpt_name: str) -> tuple[Any, Any, Any]:
-    path = _full_path("checkpoints", ckpt_name)
-    model, clip, vae = _cache().load_checkpoint(path, embedding_dirs=_embedding_dirs(), **_device_dtype())
+    path = model_path("checkpoints", ckpt_name)
+    device, dtype = device_dtype()
+    model, clip, vae = model_cache().load_checkpoint(path, embedding_dirs=embedding_dirs(), device=device, dtype=dtype)
     return _with_engine_options(model), clip, vae
 
 
@@ -82,7 +87,7 @@ class CheckpointLoaderSimple:
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
-        return {"required": {"ckpt_name": (_files("checkpoints"), {"tooltip": "Checkpoint file to load."})}}
+        return {"required": {"ckpt_name": (model_files("checkpoints"), {"tooltip": "Checkpoint file to load."})}}
 
     def load_checkpoint(self, ckpt_name: str) -> tuple[Any, Any, Any]:
         return load_checkpoint(ckpt_name)
@@ -98,7 +103,7 @@ class CheckpointLoader:
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
-        return {"required": {"config_name": (_files("configs"),), "ckpt_name": (_files("checkpoints"),)}}
+        return {"required": {"config_name": (model_files("configs"),), "ckpt_name": (model_files("checkpoints"),)}}
 
     def load_checkpoint(self, config_name: str, ckpt_name: str) -> tuple[Any, Any, Any]:
         log.info("CheckpointLoader: config %r ignored; the model type is detected from the weights", config_name)
@@ -112,14 +117,15 @@ class UNETLoader:
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
-        return {"required": {"unet_name": (_files("diffusion_models"),), "weight_dtype": (UNET_WEIGHT_DTYPES,)}}
+        return {"required": {"unet_name": (model_files("diffusion_models"),), "weight_dtype": (UNET_WEIGHT_DTYPES,)}}
 
     def load_unet(self, unet_name: str, weight_dtype: str) -> tuple[Any]:
-        path = _full_path("diffusion_models", unet_name)
+        path = model_path("diffusion_models", unet_name)
         if weight_dtype != "default":
             log.warning("UNETLoader: %s storage is not implemented; loading %s in the engine dtype", weight_dtype,
                         unet_name)
-        return (_with_engine_options(_cache().load_unet(path, **_device_dtype())),)
+        device, dtype = device_dtype()
+        return (_with_engine_options(model_cache().load_unet(path, device=device, dtype=dtype)),)
 
 
 class PixelSpace:
@@ -135,30 +141,20 @@ class VAELoader:
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
-        return {"required": {"vae_name": (_files("vae") + [PixelSpace.NAME],)}}
+        return {"required": {"vae_name": (model_files("vae") + [PixelSpace.NAME],)}}
 
     def load_vae(self, vae_name: str) -> tuple[Any]:
         if vae_name == PixelSpace.NAME:
             return (PixelSpaceVAE(),)
-        path = _full_path("vae", vae_name)
-        return (_cache().load_vae(path, **_device_dtype()),)
-
-
-def _text_encoders():
-    try:
-        from ..models import text_encoders
-    except ImportError:
-        raise ModelLoadError("text encoder support is not available in this build") from None
-    return text_encoders
+        device, dtype = device_dtype()
+        return (model_cache().load_vae(model_path("vae", vae_name), device=device, dtype=dtype),)
 
 
 def _load_clip_files(names: list[str], clip_type: str, device_choice: str) -> Any:
-    paths = [_full_path("text_encoders", n) for n in names]
-    device = _device_dtype()["device"] or torch.device("cpu")
-    if device_choice == "cpu":
-        device = torch.device("cpu")
+    paths = [model_path("text_encoders", n) for n in names]
+    device = torch.device("cpu") if device_choice == "cpu" else device_dtype()[0]
     dd = {"device": device, "dtype": None}  # None: ComfyUI's float16 text-encoder weights, float32 compute
-    cache = _cache()
+    cache = model_cache()
 
     def load() -> Any:
         from ..models.state_dict import open_state_dict
@@ -174,6 +170,11 @@ def _load_clip_files(names: list[str], clip_type: str, device_choice: str) -> An
     return clip.clone() if hasattr(clip, "clone") else clip
 
 
+def _clip_device_input() -> dict[str, Any]:
+    """The text-encoder loaders' optional `device` input: "cpu" keeps the text encoder off the engine's device."""
+    return {"device": (["default", "cpu"], {"advanced": True})}
+
+
 class CLIPLoader:
     DESCRIPTION = "Load a standalone text encoder file. stable_diffusion expects CLIP-L (SD1.x)."
     CATEGORY = "advanced/loaders"
@@ -182,8 +183,8 @@ class CLIPLoader:
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
-        return {"required": {"clip_name": (_files("text_encoders"),), "type": (CLIP_TYPES,)},
-                "optional": {"device": (["default", "cpu"], {"advanced": True})}}
+        return {"required": {"clip_name": (model_files("text_encoders"),), "type": (CLIP_TYPES,)},
+                "optional": _clip_device_input()}
 
     def load_clip(self, clip_name: str, type: str = "stable_diffusion", device: str = "default") -> tuple[Any]:
         return (_load_clip_files([clip_name], type, device),)
@@ -197,9 +198,9 @@ class DualCLIPLoader:
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
-        files = _files("text_encoders")
+        files = model_files("text_encoders")
         return {"required": {"clip_name1": (files,), "clip_name2": (files,), "type": (DUAL_CLIP_TYPES,)},
-                "optional": {"device": (["default", "cpu"], {"advanced": True})}}
+                "optional": _clip_device_input()}
 
     def load_clip(self, clip_name1: str, clip_name2: str, type: str, device: str = "default") -> tuple[Any]:
         return (_load_clip_files([clip_name1, clip_name2], type, device),)
@@ -212,8 +213,7 @@ def load_lora(model: Any, clip: Any, lora_name: str, strength_model: float, stre
     """Clones of MODEL and CLIP carrying the LoRA as patches (both strengths 0: the inputs, unchanged)."""
     if strength_model == 0 and strength_clip == 0:
         return model, clip
-    path = _full_path("loras", lora_name)
-    lora_sd = _cache().load_tensors(path, "lora")
+    lora_sd = model_cache().load_tensors(model_path("loras", lora_name), "lora")
     return apply_lora(model, clip, lora_sd, strength_model, strength_clip, lora_name)
 
 
@@ -260,7 +260,7 @@ class LoraLoader:
         return {"required": {
             "model": ("MODEL", {"tooltip": "Diffusion model to patch."}),
             "clip": ("CLIP", {"tooltip": "Text encoder to patch."}),
-            "lora_name": (_files("loras"), {"tooltip": "LoRA file to apply."}),
+            "lora_name": (model_files("loras"), {"tooltip": "LoRA file to apply."}),
             "strength_model": _strength("Scale of the change to the diffusion model; negative values invert it."),
             "strength_clip": _strength("Scale of the change to the text encoder; negative values invert it."),
         }}
@@ -279,7 +279,7 @@ class LoraLoaderModelOnly:
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
-        return {"required": {"model": ("MODEL",), "lora_name": (_files("loras"),), "strength_model": _strength()}}
+        return {"required": {"model": ("MODEL",), "lora_name": (model_files("loras"),), "strength_model": _strength()}}
 
     def load_lora_model_only(self, model: Any, lora_name: str, strength_model: float) -> tuple[Any]:
         return (load_lora(model, None, lora_name, strength_model, 0)[0],)

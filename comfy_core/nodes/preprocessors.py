@@ -12,7 +12,7 @@ import torch
 
 from .. import context, preprocessors
 from ..models.hed import HEDNetwork, find_hed_file, hed_detect, load_hed
-from .clip_vision import _cache, _device_dtype
+from .loaders import device_dtype, model_cache
 
 CATEGORY = "ControlNet Preprocessors/Line Extractors"
 MODULE = "custom_nodes.comfyui_controlnet_aux"  # what ComfyUI reports for these nodes
@@ -28,8 +28,8 @@ def _safe() -> tuple[list[str], dict[str, str]]:
 
 def _hed_network() -> HEDNetwork:
     path = find_hed_file(context.current().folders)
-    device, _ = _device_dtype()
-    return _cache().get_custom(path, "hed", lambda: load_hed(path, device), device=device, dtype=torch.float32)
+    device, _ = device_dtype()
+    return model_cache().get_custom(path, "hed", lambda: load_hed(path, device), device=device, dtype=torch.float32)
 
 
 def _progress(value: int, total: int) -> None:
