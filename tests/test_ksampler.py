@@ -173,7 +173,7 @@ def test_interrupt_stops_the_sampler_within_a_step_and_the_engine_goes_on(engine
     assert interrupted.node_id == SAMPLER and interrupted.node_type == "KSampler"
     done = [e.value for e in events.of("progress") if e.node == SAMPLER]
     assert len(after_interrupt) <= 1  # the step in flight may still report; the next progress call raises
-    assert len(done) < 20 < steps
+    assert len(done) < 100 < steps
     with pytest.raises(Interrupted):  # run() turns the history status into the typed error
         engine._raise_for_status(submitted.prompt_id, entry)
     result = engine.run(txt2img(CKPT, seed=32, steps=2, keep="after"))
@@ -209,8 +209,11 @@ def test_img2img_uses_the_denoise_schedule_differs_from_txt2img_and_keeps_struct
     distance = {k: float((kept[k]["samples"] - source).abs().mean()) for k in ("i2i_03", "i2i_06", "t2i_ref")}
     # less denoise stays closer to the encoded picture; even 0.6 is far closer to it than txt2img
     assert 0 < distance["i2i_03"] < distance["i2i_06"] < distance["t2i_ref"] / 3
-    correlation = torch.corrcoef(torch.stack([kept["i2i_03"]["samples"].flatten(), source.flatten()]))[0, 1]
-    assert correlation > 0
+
+    def correlation(key: str) -> float:
+        return float(torch.corrcoef(torch.stack([kept[key]["samples"].flatten(), source.flatten()]))[0, 1])
+
+    assert correlation("i2i_03") > correlation("t2i_ref") + 0.1
 
 
 def test_denoise_zero_returns_the_input_latent(engine, kept, model_calls):
