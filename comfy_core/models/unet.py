@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .conv import Conv2d
+
 
 @dataclass(frozen=True)
 class UNetConfig:
@@ -134,22 +136,15 @@ class SpatialTransformer(nn.Module):
         self.proj_out = nn.Linear(inner, channels) if use_linear else nn.Conv2d(inner, channels, 1)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor, backend: str | None = None) -> torch.Tensor:
-        b, _, h, w = x.shape
-        x_in = x
-        x = self.norm(x)
-        if not self.use_linear:
-            x = self.proj_in(x)
-        x = x.movedim(1, -1).reshape(b, h * w, -1)  # [B, h*w, C]
-        if self.use_linear:
-            x = self.proj_in(x)
+        b, c, h, w = x.shape
+        tokens = self.norm(x).flatten(2).transpose(1, 2)  # [B, h*w, C] (a view; proj_in makes it contiguous)
+        # proj_in/proj_out run as Linear over pixels in both layouts (a 1x1 conv is exactly that). The result is made
+        # contiguous again: channels-last activations would make every later oneDNN conv re-lay out its weight.
+        tokens = F.linear(tokens, self.proj_in.weight.flatten(1), self.proj_in.bias)
         for block in self.transformer_blocks:
-            x = block(x, context, backend)
-        if self.use_linear:
-            x = self.proj_out(x)
-        x = x.reshape(b, h, w, -1).movedim(-1, 1)  # [B, C, h, w]
-        if not self.use_linear:
-            x = self.proj_out(x)
-        return x + x_in
+            tokens = block(tokens, context, backend)
+        tokens = F.linear(tokens, self.proj_out.weight.flatten(1), self.proj_out.bias)  # [B, h*w, C]
+        return tokens.transpose(1, 2).reshape(b, c, h, w).contiguous() + x
 
 
 class ResBlock(nn.Module):
@@ -157,12 +152,12 @@ class ResBlock(nn.Module):
 
     def __init__(self, channels: int, emb_channels: int, out_channels: int):
         super().__init__()
-        self.in_layers = nn.Sequential(nn.GroupNorm(32, channels), nn.SiLU(), nn.Conv2d(channels, out_channels, 3, padding=1))
+        self.in_layers = nn.Sequential(nn.GroupNorm(32, channels), nn.SiLU(), Conv2d(channels, out_channels, 3, padding=1))
         self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_channels, out_channels))
         self.out_layers = nn.Sequential(
-            nn.GroupNorm(32, out_channels), nn.SiLU(), nn.Dropout(0.0), nn.Conv2d(out_channels, out_channels, 3, padding=1)
+            nn.GroupNorm(32, out_channels), nn.SiLU(), nn.Dropout(0.0), Conv2d(out_channels, out_channels, 3, padding=1)
         )
-        self.skip_connection = nn.Identity() if out_channels == channels else nn.Conv2d(channels, out_channels, 1)
+        self.skip_connection = nn.Identity() if out_channels == channels else Conv2d(channels, out_channels, 1)
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         h = self.in_layers(x)
@@ -173,7 +168,7 @@ class ResBlock(nn.Module):
 class Downsample(nn.Module):
     def __init__(self, channels: int):
         super().__init__()
-        self.op = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+        self.op = Conv2d(channels, channels, 3, stride=2, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.op(x)
@@ -184,7 +179,7 @@ class Upsample(nn.Module):
 
     def __init__(self, channels: int):
         super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+        self.conv = Conv2d(channels, channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
         if size is None:
@@ -241,11 +236,11 @@ class UNetModel(nn.Module):
             middle += [b.transformer(ch, cfg.transformer_depth_middle), ResBlock(ch, ted, ch)]
         self.middle_block = TimestepBlock(*middle)
         ch = self._build_output(b, ted, ch, skip_chans)
-        self.out = nn.Sequential(nn.GroupNorm(32, ch), nn.SiLU(), nn.Conv2d(mc, cfg.out_channels, 3, padding=1))
+        self.out = nn.Sequential(nn.GroupNorm(32, ch), nn.SiLU(), Conv2d(mc, cfg.out_channels, 3, padding=1))
 
     def _build_input(self, b: _Builder, ted: int) -> list[int]:
         cfg = b.cfg
-        self.input_blocks = nn.ModuleList([TimestepBlock(nn.Conv2d(cfg.in_channels, cfg.model_channels, 3, padding=1))])
+        self.input_blocks = nn.ModuleList([TimestepBlock(Conv2d(cfg.in_channels, cfg.model_channels, 3, padding=1))])
         ch, chans = cfg.model_channels, [cfg.model_channels]
         for level, mult in enumerate(cfg.channel_mult):
             for _ in range(cfg.num_res_blocks[level]):
