@@ -66,7 +66,8 @@ def _is_within(path: str, root: str) -> bool:
     return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
 
 
-def _sha256_file(path: Path) -> str:
+def sha256_file(path: str | Path) -> str:
+    """Hex SHA-256 of a file's bytes, read in 1 MiB blocks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -228,7 +229,7 @@ class Storage:
         stem, ext = os.path.splitext(filename)
         i = 1
         while os.path.lexists(path):
-            if path.is_file() and _sha256_file(path) == digest:
+            if path.is_file() and sha256_file(path) == digest:
                 return filename, path, True
             filename = f"{stem} ({i}){ext}"
             path = self.resolve(kind, filename, subfolder)
