@@ -42,8 +42,9 @@ class CLIPVisionLoader:
     def load_clip(self, clip_name: str) -> tuple[ClipVisionModel]:
         path = model_path("clip_vision", clip_name)
         device, dtype = device_dtype()
-        model = model_cache().get_custom(path, "clip_vision", lambda: load_clip_vision(path, device=device, dtype=dtype),
-                                    device=device, dtype=dtype)
+        model = model_cache().get_custom(path, "clip_vision",
+                                         lambda: load_clip_vision(path, device=device, dtype=dtype),
+                                         device=device, dtype=dtype)
         return (model,)
 
 

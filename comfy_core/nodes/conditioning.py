@@ -12,9 +12,10 @@ from typing import Any
 
 import torch
 
+from .inputs import int_input
+
 log = logging.getLogger(__name__)
 
-MAX_RESOLUTION = 16384
 Conditioning = list[list[Any]]
 
 
@@ -109,14 +110,12 @@ class ConditioningSetArea:
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
-        size = {"default": 64, "min": 64, "max": MAX_RESOLUTION, "step": 8}
-        pos = {"default": 0, "min": 0, "max": MAX_RESOLUTION, "step": 8}
         return {"required": {
             "conditioning": ("CONDITIONING",),
-            "width": ("INT", dict(size)),
-            "height": ("INT", dict(size)),
-            "x": ("INT", dict(pos)),
-            "y": ("INT", dict(pos)),
+            "width": int_input(64, 64, step=8),
+            "height": int_input(64, 64, step=8),
+            "x": int_input(0, 0, step=8),
+            "y": int_input(0, 0, step=8),
             "strength": _strength(),
         }}
 

@@ -20,7 +20,7 @@ def _load(name: str, model: Any = None) -> ControlNet:
     if model is not None:  # a difference ControlNet depends on the model it was combined with: do not cache
         return load_controlnet(path, model=model, device=device, dtype=dtype)
     return model_cache().get_custom(path, "controlnet", lambda: load_controlnet(path, device=device, dtype=dtype),
-                               device=device, dtype=dtype)
+                                    device=device, dtype=dtype)
 
 
 class ControlNetLoader:

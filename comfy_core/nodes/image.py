@@ -4,7 +4,6 @@ IMAGE = float32 [B,H,W,C] in 0..1 (C = 3, sometimes 4). File access goes through
 """
 from __future__ import annotations
 
-import hashlib
 import math
 import secrets
 from typing import Any
@@ -13,16 +12,12 @@ import torch
 
 from .. import context
 from ..images import load_image, load_image_mask, save_png
+from ..storage import sha256_file
 from ..upscale import common_upscale
+from .inputs import CROP_METHODS, int_input
 
-MAX_RESOLUTION = 16384
 IMAGE_UPSCALE_METHODS = ["nearest-exact", "bilinear", "area", "bicubic", "lanczos"]
-CROP_METHODS = ["disabled", "center"]
 _PREVIEW_LETTERS = "abcdefghijklmnopqrstupvxyz"  # ComfyUI's alphabet, 'w' missing and 'p' twice
-
-
-def _int(default: int, minimum: int, maximum: int = MAX_RESOLUTION, step: int = 1, **extra: Any):
-    return ("INT", {"default": default, "min": minimum, "max": maximum, "step": step, **extra})
 
 
 def _storage():
@@ -30,12 +25,17 @@ def _storage():
 
 
 def _file_sha256(name: str) -> str:
-    path = _storage().resolve_annotated(name, "input", must_exist=True)
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    return sha256_file(_storage().resolve_annotated(name, "input", must_exist=True))
+
+
+def _resize(image: torch.Tensor, width: int, height: int, method: str, crop: str = "disabled") -> torch.Tensor:
+    """`common_upscale` for IMAGE [B,H,W,C] (it works on [B,C,H,W])."""
+    return common_upscale(image.movedim(-1, 1), width, height, method, crop).movedim(1, -1)
+
+
+def _scaled_size(image: torch.Tensor, scale_by: float) -> tuple[int, int]:
+    """(width, height) of `image` [B,H,W,C] scaled by `scale_by`, rounded."""
+    return round(image.shape[2] * scale_by), round(image.shape[1] * scale_by)
 
 
 def _input_choices(images_only: bool) -> list[str]:
@@ -163,10 +163,10 @@ class EmptyImage:
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
         return {"required": {
-            "width": _int(512, 1),
-            "height": _int(512, 1),
+            "width": int_input(512, 1),
+            "height": int_input(512, 1),
             "batch_size": ("INT", {"default": 1, "min": 1, "max": 4096}),
-            "color": _int(0, 0, 0xFFFFFF, display="color"),
+            "color": int_input(0, 0, 0xFFFFFF, display="color"),
         }}
 
     def generate(self, width: int, height: int, batch_size: int = 1, color: int = 0) -> tuple[torch.Tensor]:
@@ -185,8 +185,8 @@ class ImageScale:
         return {"required": {
             "image": ("IMAGE",),
             "upscale_method": (IMAGE_UPSCALE_METHODS,),
-            "width": _int(512, 0),
-            "height": _int(512, 0),
+            "width": int_input(512, 0),
+            "height": int_input(512, 0),
             "crop": (CROP_METHODS,),
         }}
 
@@ -194,12 +194,11 @@ class ImageScale:
                 crop: str) -> tuple[torch.Tensor]:
         if width == 0 and height == 0:
             return (image,)
-        samples = image.movedim(-1, 1)  # [B,C,H,W]
         if width == 0:  # keep the aspect ratio
-            width = max(1, round(samples.shape[3] * height / samples.shape[2]))
+            width = max(1, round(image.shape[2] * height / image.shape[1]))
         elif height == 0:
-            height = max(1, round(samples.shape[2] * width / samples.shape[3]))
-        return (common_upscale(samples, width, height, upscale_method, crop).movedim(1, -1),)
+            height = max(1, round(image.shape[1] * width / image.shape[2]))
+        return (_resize(image, width, height, upscale_method, crop),)
 
 
 class ImageScaleBy:
@@ -216,9 +215,7 @@ class ImageScaleBy:
         }}
 
     def upscale(self, image: torch.Tensor, upscale_method: str, scale_by: float) -> tuple[torch.Tensor]:
-        samples = image.movedim(-1, 1)
-        width, height = round(samples.shape[3] * scale_by), round(samples.shape[2] * scale_by)
-        return (common_upscale(samples, width, height, upscale_method, "disabled").movedim(1, -1),)
+        return (_resize(image, *_scaled_size(image, scale_by), upscale_method),)
 
 
 class ImageScaleToTotalPixels:
@@ -238,11 +235,9 @@ class ImageScaleToTotalPixels:
 
     def upscale(self, image: torch.Tensor, upscale_method: str, megapixels: float) -> tuple[torch.Tensor]:
         _check_choice("upscale_method", upscale_method, IMAGE_UPSCALE_METHODS)
-        samples = image.movedim(-1, 1)
         total = int(megapixels * 1024 * 1024)  # a "megapixel" is 2^20 pixels here
-        scale_by = math.sqrt(total / (samples.shape[3] * samples.shape[2]))
-        width, height = round(samples.shape[3] * scale_by), round(samples.shape[2] * scale_by)
-        return (common_upscale(samples, width, height, upscale_method, "disabled").movedim(1, -1),)
+        scale_by = math.sqrt(total / (image.shape[2] * image.shape[1]))
+        return (_resize(image, *_scaled_size(image, scale_by), upscale_method),)
 
 
 def _check_choice(name: str, value: str, choices: list[str]) -> None:
@@ -288,8 +283,7 @@ class ImageBatch:
             else:
                 image1 = _pad_alpha(image1)
         if image1.shape[1:] != image2.shape[1:]:  # resize the second to the first's size
-            image2 = common_upscale(image2.movedim(-1, 1), image1.shape[2], image1.shape[1], "bilinear", "center")
-            image2 = image2.movedim(1, -1)
+            image2 = _resize(image2, image1.shape[2], image1.shape[1], "bilinear", "center")
         return (torch.cat((image1, image2), dim=0),)
 
 
@@ -321,11 +315,11 @@ class ImagePadForOutpaint:
     def INPUT_TYPES(cls) -> dict[str, Any]:
         return {"required": {
             "image": ("IMAGE",),
-            "left": _int(0, 0, step=8),
-            "top": _int(0, 0, step=8),
-            "right": _int(0, 0, step=8),
-            "bottom": _int(0, 0, step=8),
-            "feathering": _int(40, 0),
+            "left": int_input(0, 0, step=8),
+            "top": int_input(0, 0, step=8),
+            "right": int_input(0, 0, step=8),
+            "bottom": int_input(0, 0, step=8),
+            "feathering": int_input(40, 0),
         }}
 
     def expand_image(self, image: torch.Tensor, left: int, top: int, right: int, bottom: int,
@@ -348,10 +342,10 @@ class ImageCrop:
     def INPUT_TYPES(cls) -> dict[str, Any]:
         return {"required": {
             "image": ("IMAGE",),
-            "width": _int(512, 1),
-            "height": _int(512, 1),
-            "x": _int(0, 0),
-            "y": _int(0, 0),
+            "width": int_input(512, 1),
+            "height": int_input(512, 1),
+            "x": int_input(0, 0),
+            "y": int_input(0, 0),
         }}
 
     def crop(self, image: torch.Tensor, width: int, height: int, x: int, y: int) -> tuple[torch.Tensor]:
@@ -414,8 +408,7 @@ class ImageBlend:
         image1, image2 = image_alpha_fix(image1, image2)
         image2 = image2.to(image1.device)
         if image1.shape != image2.shape:  # fit image2 to image1 (center crop + bicubic)
-            image2 = common_upscale(image2.permute(0, 3, 1, 2), image1.shape[2], image1.shape[1], "bicubic", "center")
-            image2 = image2.permute(0, 2, 3, 1)
+            image2 = _resize(image2, image1.shape[2], image1.shape[1], "bicubic", "center")
         blended = blend(image1, image2, blend_mode)
         return (torch.clamp(image1 * (1 - blend_factor) + blended * blend_factor, 0, 1),)
 

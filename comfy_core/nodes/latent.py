@@ -12,16 +12,16 @@ import torch
 import torch.nn.functional as F
 
 from ..upscale import common_upscale, repeat_to_batch_size
+from .inputs import CROP_METHODS, int_input
 
-MAX_RESOLUTION = 16384
 LATENT_UPSCALE_METHODS = ["nearest-exact", "bilinear", "area", "bicubic", "bislerp"]
-CROP_METHODS = ["disabled", "center"]
 
 Latent = dict[str, Any]
 
 
-def _px(default: int, minimum: int, step: int = 8, **extra: Any) -> tuple[str, dict[str, Any]]:
-    return ("INT", {"default": default, "min": minimum, "max": MAX_RESOLUTION, "step": step, **extra})
+def _px(default: int, minimum: int, **extra: Any) -> tuple[str, dict[str, Any]]:
+    """A pixel size or position, in steps of 8 (one latent pixel)."""
+    return int_input(default, minimum, step=8, **extra)
 
 
 class EmptyLatentImage:
@@ -70,9 +70,7 @@ class LatentUpscale:
             height = max(64, round(lat.shape[-2] * width / lat.shape[-1]))
         else:
             width, height = max(64, width), max(64, height)
-        out = samples.copy()
-        out["samples"] = common_upscale(lat, width // 8, height // 8, upscale_method, crop)
-        return (out,)
+        return ({**samples, "samples": common_upscale(lat, width // 8, height // 8, upscale_method, crop)},)
 
 
 class LatentUpscaleBy:
@@ -91,9 +89,7 @@ class LatentUpscaleBy:
     def upscale(self, samples: Latent, upscale_method: str, scale_by: float) -> tuple[Latent]:
         lat = samples["samples"]
         width, height = round(lat.shape[-1] * scale_by), round(lat.shape[-2] * scale_by)
-        out = samples.copy()
-        out["samples"] = common_upscale(lat, width, height, upscale_method, "disabled")
-        return (out,)
+        return ({**samples, "samples": common_upscale(lat, width, height, upscale_method, "disabled")},)
 
 
 def _masks_for_batch(masks: torch.Tensor, batch: int) -> torch.Tensor:
@@ -203,9 +199,7 @@ class LatentComposite:
         else:
             mask = _feather_mask(src, dst, x, y, feather)
             out_samples[region] = src * mask + out_samples[region] * (torch.ones_like(mask) - mask)
-        out = samples_to.copy()
-        out["samples"] = out_samples
-        return (out,)
+        return ({**samples_to, "samples": out_samples},)
 
 
 def composite_masked(destination: torch.Tensor, source: torch.Tensor, x: int, y: int,
@@ -257,10 +251,8 @@ class LatentCompositeMasked:
 
     def composite(self, destination: Latent, source: Latent, x: int, y: int, resize_source: bool,
                   mask: torch.Tensor | None = None) -> tuple[Latent]:
-        out = destination.copy()
-        out["samples"] = composite_masked(destination["samples"].clone(), source["samples"], x, y, mask, 8,
-                                          resize_source)
-        return (out,)
+        pasted = composite_masked(destination["samples"].clone(), source["samples"], x, y, mask, 8, resize_source)
+        return ({**destination, "samples": pasted},)
 
 
 class SetLatentNoiseMask:
@@ -273,9 +265,7 @@ class SetLatentNoiseMask:
         return {"required": {"samples": ("LATENT",), "mask": ("MASK",)}}
 
     def set_mask(self, samples: Latent, mask: torch.Tensor) -> tuple[Latent]:
-        out = samples.copy()
-        out["noise_mask"] = mask.reshape((-1, 1, mask.shape[-2], mask.shape[-1]))  # [B,1,H,W]
-        return (out,)
+        return ({**samples, "noise_mask": mask.reshape((-1, 1, mask.shape[-2], mask.shape[-1]))},)  # [B,1,H,W]
 
 
 NODE_CLASS_MAPPINGS = {

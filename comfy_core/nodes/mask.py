@@ -5,7 +5,8 @@ from typing import Any
 
 import torch
 
-MAX_RESOLUTION = 16384
+from .inputs import int_input
+
 _EXTRAS = "comfy_extras.nodes_mask"
 
 
@@ -19,8 +20,8 @@ class SolidMask:
     def INPUT_TYPES(cls) -> dict[str, Any]:
         return {"required": {
             "value": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01}),
-            "width": ("INT", {"default": 512, "min": 1, "max": MAX_RESOLUTION, "step": 1}),
-            "height": ("INT", {"default": 512, "min": 1, "max": MAX_RESOLUTION, "step": 1}),
+            "width": int_input(512, 1),
+            "height": int_input(512, 1),
         }}
 
     def solid(self, value: float, width: int, height: int) -> tuple[torch.Tensor]:

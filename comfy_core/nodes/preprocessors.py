@@ -12,6 +12,7 @@ import torch
 
 from .. import context, preprocessors
 from ..models.hed import HEDNetwork, find_hed_file, hed_detect, load_hed
+from .inputs import int_input
 from .loaders import device_dtype, model_cache
 
 CATEGORY = "ControlNet Preprocessors/Line Extractors"
@@ -19,7 +20,7 @@ MODULE = "custom_nodes.comfyui_controlnet_aux"  # what ComfyUI reports for these
 
 
 def _resolution() -> tuple[str, dict[str, int]]:
-    return ("INT", {"default": 512, "min": 64, "max": 16384, "step": 64})
+    return int_input(512, 64, step=64)
 
 
 def _safe() -> tuple[list[str], dict[str, str]]:
@@ -42,6 +43,7 @@ class HEDPreprocessor:
     RELATIVE_PYTHON_MODULE = MODULE
     RETURN_TYPES = ("IMAGE",)
     FUNCTION = "execute"
+    SCRIBBLE = False  # HED edges as they are
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
@@ -50,19 +52,15 @@ class HEDPreprocessor:
     def execute(self, image: torch.Tensor, resolution: int = 512, safe: str = "enable", **_: Any) -> tuple:
         net = _hed_network()
         out = preprocessors.common_annotator_call(
-            lambda px, res: hed_detect(net, px, res, safe=safe == "enable"), image, resolution, _progress)
+            lambda px, res: hed_detect(net, px, res, safe=safe == "enable", scribble=self.SCRIBBLE), image,
+            resolution, _progress)
         return (out,)
 
 
 class FakeScribblePreprocessor(HEDPreprocessor):
     """Thick binary scribble lines derived from the HED edge map (scribble_hed)."""
 
-    def execute(self, image: torch.Tensor, resolution: int = 512, safe: str = "enable", **_: Any) -> tuple:
-        net = _hed_network()
-        out = preprocessors.common_annotator_call(
-            lambda px, res: hed_detect(net, px, res, safe=safe == "enable", scribble=True), image, resolution,
-            _progress)
-        return (out,)
+    SCRIBBLE = True
 
 
 class ScribblePreprocessor:

@@ -8,12 +8,11 @@ from __future__ import annotations
 from typing import Any
 
 from ..models.text_encoders import CLIP
-
-MAX_RESOLUTION = 16384
+from .inputs import int_input
 
 
 def _size(default: int) -> tuple[str, dict[str, int]]:
-    return ("INT", {"default": default, "min": 0, "max": MAX_RESOLUTION})
+    return int_input(default, 0, step=None)
 
 
 def _prompt(tooltip: str | None = None) -> tuple[str, dict[str, Any]]:
@@ -53,8 +52,8 @@ class CLIPTextEncode:
         return (clip.encode_conditioning(clip.tokenize(text)),)
 
 
-class CLIPTextEncodeSDXL:
-    """SDXL base: separate prompts for bigG (text_g) and CLIP-L (text_l), plus the size/crop conditioning."""
+class _SDXLTextEncode:
+    """What ComfyUI reports for its two SDXL text-encode nodes (V3 schema nodes of comfy_extras.nodes_clip_sdxl)."""
 
     DESCRIPTION = ""
     INFO_V3 = True
@@ -62,6 +61,10 @@ class CLIPTextEncodeSDXL:
     RETURN_TYPES = ("CONDITIONING",)
     FUNCTION = "encode"
     CATEGORY = "advanced/conditioning"
+
+
+class CLIPTextEncodeSDXL(_SDXLTextEncode):
+    """SDXL base: separate prompts for bigG (text_g) and CLIP-L (text_l), plus the size/crop conditioning."""
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
@@ -89,15 +92,8 @@ class CLIPTextEncodeSDXL:
         return (clip.encode_conditioning(tokens, extras),)
 
 
-class CLIPTextEncodeSDXLRefiner:
+class CLIPTextEncodeSDXLRefiner(_SDXLTextEncode):
     """SDXL refiner: one prompt plus the aesthetic score and size the refiner UNet is conditioned on."""
-
-    DESCRIPTION = ""
-    INFO_V3 = True
-    RELATIVE_PYTHON_MODULE = "comfy_extras.nodes_clip_sdxl"
-    RETURN_TYPES = ("CONDITIONING",)
-    FUNCTION = "encode"
-    CATEGORY = "advanced/conditioning"
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:

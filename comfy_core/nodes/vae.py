@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from .. import context
 from ..errors import NodeExecutionError
+from .inputs import int_input
 
 _INVALID_VAE = ("ERROR: VAE is invalid: None\n\nIf the VAE is from a checkpoint loader node your checkpoint does not "
                 "contain a valid VAE model.")
@@ -65,6 +66,15 @@ class VAEEncode:
         return ({"samples": vae.encode(pixels[:, :, :, :3], _interrupt_check())},)
 
 
+def _temporal_inputs(verb: str) -> dict[str, Any]:
+    """The tiled nodes' video-chunk inputs (accepted for ComfyUI compatibility; image VAEs ignore them)."""
+    return {
+        "temporal_size": int_input(64, 8, 4096, step=4, tooltip=f"Video VAEs only: frames per {verb} chunk."),
+        "temporal_overlap": int_input(8, 4, 4096, step=4,
+                                      tooltip="Video VAEs only: frames shared by neighbouring chunks."),
+    }
+
+
 class VAEDecodeTiled:
     CATEGORY = "_for_testing"
     RETURN_TYPES = ("IMAGE",)
@@ -76,10 +86,7 @@ class VAEDecodeTiled:
             "samples": ("LATENT",), "vae": ("VAE",),
             "tile_size": ("INT", {"default": 512, "min": 64, "max": 4096, "step": 32}),
             "overlap": ("INT", {"default": 64, "min": 0, "max": 4096, "step": 32}),
-            "temporal_size": ("INT", {"default": 64, "min": 8, "max": 4096, "step": 4,
-                                      "tooltip": "Video VAEs only: frames per decoded chunk."}),
-            "temporal_overlap": ("INT", {"default": 8, "min": 4, "max": 4096, "step": 4,
-                                         "tooltip": "Video VAEs only: frames shared by neighbouring chunks."}),
+            **_temporal_inputs("decoded"),
         }}
 
     def decode(self, vae: Any, samples: dict[str, Any], tile_size: int, overlap: int = 64,
@@ -102,10 +109,7 @@ class VAEEncodeTiled:
             "pixels": ("IMAGE",), "vae": ("VAE",),
             "tile_size": ("INT", {"default": 512, "min": 64, "max": 4096, "step": 64}),
             "overlap": ("INT", {"default": 64, "min": 0, "max": 4096, "step": 32}),
-            "temporal_size": ("INT", {"default": 64, "min": 8, "max": 4096, "step": 4,
-                                      "tooltip": "Video VAEs only: frames per encoded chunk."}),
-            "temporal_overlap": ("INT", {"default": 8, "min": 4, "max": 4096, "step": 4,
-                                         "tooltip": "Video VAEs only: frames shared by neighbouring chunks."}),
+            **_temporal_inputs("encoded"),
         }}
 
     def encode(self, vae: Any, pixels: torch.Tensor, tile_size: int, overlap: int,
