@@ -4,6 +4,7 @@ Each handler decodes with msgspec, makes one engine call in a worker thread and 
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -51,14 +52,19 @@ async def get_queue(request: Request) -> Response:
     return json_response(await run_in_threadpool(_engine(request).queue))
 
 
-async def post_queue(request: Request) -> Response:
+async def _delete_or_clear(request: Request, clear: Callable[[], Any], delete: Callable[[list[str]], Any]) -> Response:
+    """POST /queue and POST /history: `{"clear": true}` empties, `{"delete": [ids]}` removes (both may be given)."""
     body = decode(await request.body(), DeleteOrClear)
-    engine = _engine(request)
     if body.clear:
-        await run_in_threadpool(engine.clear_queue)
+        await run_in_threadpool(clear)
     if body.delete:
-        await run_in_threadpool(engine.delete_queued, body.delete)
+        await run_in_threadpool(delete, body.delete)
     return empty_response()
+
+
+async def post_queue(request: Request) -> Response:
+    engine = _engine(request)
+    return await _delete_or_clear(request, engine.clear_queue, engine.delete_queued)
 
 
 async def interrupt(request: Request) -> Response:
@@ -106,13 +112,8 @@ async def get_history_item(request: Request) -> Response:
 
 
 async def post_history(request: Request) -> Response:
-    body = decode(await request.body(), DeleteOrClear)
     engine = _engine(request)
-    if body.clear:
-        await run_in_threadpool(engine.clear_history)
-    if body.delete:
-        await run_in_threadpool(engine.delete_history, body.delete)
-    return empty_response()
+    return await _delete_or_clear(request, engine.clear_history, engine.delete_history)
 
 
 ROUTES = [
