@@ -1,4 +1,4 @@
-"""Whether Triton can be used, decided without importing it and without touching CUDA.
+"""Whether Triton can be used, decided without importing it and without touching CUDA, and what the caller asked for.
 
 Triton is an optional extra (`pip install comfy-core[cuda]`). Every dispatcher asks `triton_available()` before it
 imports one of the `triton_*` kernel modules, so the package imports and runs its torch paths without Triton.
@@ -11,6 +11,8 @@ import importlib.util
 import os
 
 import torch
+
+from comfy_core.errors import ComfyCoreError
 
 # dtypes the Triton kernels are written for (fp32 accumulation in every case)
 TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -25,6 +27,16 @@ def triton_available() -> bool:
         return importlib.util.find_spec("triton") is not None
     except (ImportError, ValueError):  # ValueError: sys.modules["triton"] is None (import blocked on purpose)
         return False
+
+
+def requested_choice(backend: str | None, env_var: str, choices: tuple[str, ...], what: str) -> str:
+    """A dispatcher's backend request: `backend` unless None/""/"auto", else $`env_var`, else "auto";
+    case-insensitive, and an unknown name is a clear error (`what` names the dispatcher in it)."""
+    name = backend if backend not in (None, "", "auto") else os.environ.get(env_var, "auto")
+    name = (name or "auto").strip().lower()
+    if name not in choices:
+        raise ComfyCoreError(f"unknown {what} backend {name!r}; expected one of {', '.join(choices)}")
+    return name
 
 
 def triton_interpreting() -> bool:

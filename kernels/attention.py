@@ -23,14 +23,13 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 
 import torch
 import torch.nn.functional as F
 
 from comfy_core.errors import ComfyCoreError
 
-from ._triton import MIN_CAPABILITY, device_capability, triton_available, triton_interpreting
+from ._triton import MIN_CAPABILITY, device_capability, requested_choice, triton_available, triton_interpreting
 
 log = logging.getLogger(__name__)
 
@@ -49,11 +48,7 @@ def attention_flops(batch: int, heads: int, seq_q: int, seq_kv: int, head_dim: i
 
 def requested_backend(backend: str | None = None) -> str:
     """The backend asked for: the argument unless None/"auto", else $COMFY_CORE_ATTENTION, else "auto"."""
-    name = backend if backend not in (None, "", "auto") else os.environ.get(ENV_VAR, "auto")
-    name = (name or "auto").strip().lower()
-    if name not in BACKENDS:
-        raise ComfyCoreError(f"unknown attention backend {name!r}; expected one of {', '.join(BACKENDS)}")
-    return name
+    return requested_choice(backend, ENV_VAR, BACKENDS, "attention")
 
 
 def select_backend(
@@ -85,7 +80,8 @@ def select_backend(
     return "triton" if dtype_ok and device_ok else "sdpa"
 
 
-def _check_shapes(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+def check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+    """q [B,H,Sq,D], k/v [B,H,Skv,D] of one dtype on one device, or a clear error (every backend needs it)."""
     if q.ndim != 4 or k.ndim != 4 or v.ndim != 4:
         raise ComfyCoreError(f"attention wants (B, H, S, D) tensors, got q {tuple(q.shape)}, k {tuple(k.shape)}, "
                              f"v {tuple(v.shape)}")
@@ -99,7 +95,7 @@ def _check_shapes(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
 
 def resolve_backend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str | None = None) -> str:
     """The backend `attention(q, k, v, backend=backend)` will use (validates shapes first)."""
-    _check_shapes(q, k, v)
+    check_qkv(q, k, v)
     batch, heads, seq_q, head_dim = q.shape
     return select_backend(
         device_type=q.device.type, dtype=q.dtype, head_dim=head_dim, seq_q=seq_q, seq_kv=k.shape[2],
@@ -144,7 +140,7 @@ def reference_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None,
 ) -> torch.Tensor:
     """softmax(q·kᵀ·scale)·v in fp32, in chunks of query rows so the score matrix stays under ~256 MB."""
-    _check_shapes(q, k, v)
+    check_qkv(q, k, v)
     batch, heads, seq_q, head_dim = q.shape
     scale = 1.0 / math.sqrt(head_dim) if scale is None else float(scale)
     kt = k.float().transpose(-1, -2)  # [B,H,D,Skv]

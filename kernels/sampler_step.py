@@ -20,14 +20,15 @@ shape, dtype (fp16/bf16/fp32) and device; "triton" also runs on CPU under TRITON
 """
 from __future__ import annotations
 
-import os
 from typing import NamedTuple
 
 import torch
 
 from comfy_core.errors import ComfyCoreError
 
-from ._triton import MIN_CAPABILITY, TRITON_DTYPES, device_capability, triton_available, triton_interpreting
+from ._triton import (
+    MIN_CAPABILITY, TRITON_DTYPES, device_capability, requested_choice, triton_available, triton_interpreting,
+)
 
 ENV_VAR = "COMFY_CORE_SAMPLER_STEP"
 STEP_BACKENDS = ("auto", "triton", "torch")
@@ -109,11 +110,7 @@ def dpmpp_2m_step_reference(
 
 def requested_step_backend(backend: str | None = None) -> str:
     """The argument unless None/"auto", else $COMFY_CORE_SAMPLER_STEP, else "auto"."""
-    name = backend if backend not in (None, "", "auto") else os.environ.get(ENV_VAR, "auto")
-    name = (name or "auto").strip().lower()
-    if name not in STEP_BACKENDS:
-        raise ComfyCoreError(f"unknown sampler-step backend {name!r}; expected one of {', '.join(STEP_BACKENDS)}")
-    return name
+    return requested_choice(backend, ENV_VAR, STEP_BACKENDS, "sampler-step")
 
 
 def select_step_backend(

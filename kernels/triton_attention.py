@@ -26,6 +26,7 @@ import triton.language as tl
 from comfy_core.errors import ComfyCoreError
 
 from ._triton import launch_device, module_interpreted
+from .attention import check_qkv
 
 # True when this module was imported under TRITON_INTERPRET=1: the kernel then runs on CPU tensors (numpy).
 INTERPRETED: bool = module_interpreted(triton)
@@ -133,14 +134,7 @@ _flash_attn_fwd_tuned = triton.autotune(
 
 def check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
     """Raise a clear error for inputs the kernel cannot take (the dispatcher checks the same before choosing it)."""
-    if q.ndim != 4 or k.ndim != 4 or v.ndim != 4:
-        raise ComfyCoreError(f"flash attention wants (B, H, S, D) tensors, got {tuple(q.shape)}, {tuple(k.shape)}, "
-                             f"{tuple(v.shape)}")
-    if k.shape != v.shape or q.shape[:2] != k.shape[:2] or q.shape[3] != k.shape[3]:
-        raise ComfyCoreError(f"flash attention shape mismatch: q {tuple(q.shape)}, k {tuple(k.shape)}, "
-                             f"v {tuple(v.shape)}")
-    if not (q.dtype == k.dtype == v.dtype) or not (q.device == k.device == v.device):
-        raise ComfyCoreError("flash attention wants q, k, v of one dtype on one device")
+    check_qkv(q, k, v)
     if not MIN_HEAD_DIM <= q.shape[3] <= MAX_HEAD_DIM:
         raise ComfyCoreError(f"flash attention supports head dims {MIN_HEAD_DIM}..{MAX_HEAD_DIM}, got {q.shape[3]}")
     if q.device.type == "cpu" and not INTERPRETED:
