@@ -8,7 +8,6 @@ import itertools
 import pytest
 
 from comfy_core import Engine, EngineConfig
-from comfy_core.events import EventBus
 
 N_NODES = 200
 

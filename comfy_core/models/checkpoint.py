@@ -6,7 +6,7 @@ These functions do the actual loading; `cache.ModelCache` decides when to call t
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -82,10 +82,6 @@ def build_clip(sd: StateDict, *, device: Any, dtype: torch.dtype, source: str,
     """The text encoder(s) of a whole checkpoint, via the text-encoder module; None when the file has none."""
     # dtype None: the text encoders keep ComfyUI's float16 weight storage (float32 compute) on every device
     return load_clip_from_state_dict(sd, device=device, dtype=None, embedding_dirs=tuple(embedding_dirs))
-
-
-def has_clip(sd: Mapping) -> bool:
-    return any(k.startswith(("cond_stage_model.", "conditioner.embedders.")) for k in sd)
 
 
 def open_model_file(path: str | Path) -> StateDict:

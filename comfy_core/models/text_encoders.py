@@ -76,9 +76,6 @@ CHECKPOINT_PREFIXES: dict[str, list[tuple[str, str]]] = {
     "sd1": [("l", "cond_stage_model.transformer.")],
 }
 
-# ComfyUI's internal names (LoRA key maps use them): role -> prefix of the HF-layout parameter names.
-COMFY_PREFIX = {"l": "clip_l.transformer.", "h": "clip_h.transformer.", "g": "clip_g.transformer."}
-
 
 class _SubDict(Mapping):
     """Keys of `base` under `prefix`, prefix removed (lazy: tensors are read only when looked up)."""
