@@ -41,6 +41,13 @@ class ConditioningCombine:
         return (conditioning_1 + conditioning_2,)
 
 
+def _first_entry(conditioning_from: Conditioning, node: str) -> list[Any]:
+    """The entry of `conditioning_from` that Average/Concat use: the first (ComfyUI warns about the others)."""
+    if len(conditioning_from) > 1:
+        log.warning("%s: conditioning_from has %d entries; only the first is used", node, len(conditioning_from))
+    return conditioning_from[0]
+
+
 def _fit_tokens(cond: torch.Tensor, tokens: int) -> torch.Tensor:
     """Cut `cond` [B,T,D] to `tokens` tokens, or pad it with zero tokens up to that length."""
     cond = cond[:, :tokens]
@@ -67,11 +74,9 @@ class ConditioningAverage:
     def addWeighted(self, conditioning_to: Conditioning, conditioning_from: Conditioning,
                     conditioning_to_strength: float) -> tuple[Conditioning]:
         """to·s + from·(1−s) per entry of `conditioning_to`; only the first entry of `conditioning_from` is used."""
-        if len(conditioning_from) > 1:
-            log.warning("ConditioningAverage: conditioning_from has %d entries; only the first is used",
-                        len(conditioning_from))
         s = conditioning_to_strength
-        cond_from, pooled_from = conditioning_from[0][0], conditioning_from[0][1].get("pooled_output")
+        first = _first_entry(conditioning_from, "ConditioningAverage")
+        cond_from, pooled_from = first[0], first[1].get("pooled_output")
         out = []
         for cond_to, extras in conditioning_to:
             pooled_to = extras.get("pooled_output", pooled_from)
@@ -96,10 +101,7 @@ class ConditioningConcat:
 
     def concat(self, conditioning_to: Conditioning, conditioning_from: Conditioning) -> tuple[Conditioning]:
         """Append the tokens of the first `conditioning_from` entry to every `conditioning_to` entry."""
-        if len(conditioning_from) > 1:
-            log.warning("ConditioningConcat: conditioning_from has %d entries; only the first is used",
-                        len(conditioning_from))
-        cond_from = conditioning_from[0][0]
+        cond_from = _first_entry(conditioning_from, "ConditioningConcat")[0]
         return ([[torch.cat((cond, cond_from), 1), extras.copy()] for cond, extras in conditioning_to],)
 
 
