@@ -7,8 +7,6 @@ import asyncio
 import copy
 import logging
 import os
-import platform
-import sys
 import threading
 import uuid
 from pathlib import Path
