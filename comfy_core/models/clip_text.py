@@ -55,6 +55,15 @@ class CastLinear(nn.Linear):
         return F.linear(x, self.weight.to(x.dtype), bias)
 
 
+class Embedding(nn.Embedding):
+    """nn.Embedding without the random init on the meta device: the weights come from a file, and normal_ on a meta
+    tensor runs through torch._refs, whose first use imports torch._dynamo (~2 s of a process's first model load)."""
+
+    def reset_parameters(self) -> None:
+        if not self.weight.is_meta:
+            super().reset_parameters()
+
+
 class CastLayerNorm(nn.LayerNorm):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.layer_norm(x, self.normalized_shape, self.weight.to(x.dtype), self.bias.to(x.dtype), self.eps)
@@ -113,8 +122,8 @@ class HFLayer(nn.Module):
 class HFEmbeddings(nn.Module):
     def __init__(self, cfg: TextConfig):
         super().__init__()
-        self.token_embedding = nn.Embedding(cfg.vocab, cfg.width)
-        self.position_embedding = nn.Embedding(cfg.positions, cfg.width)
+        self.token_embedding = Embedding(cfg.vocab, cfg.width)
+        self.position_embedding = Embedding(cfg.positions, cfg.width)
 
 
 class HFEncoder(nn.Module):
@@ -248,7 +257,7 @@ class OpenClipText(TextTransformer):
     def __init__(self, cfg: TextConfig):
         super().__init__()
         self.cfg = cfg
-        self.token_embedding = nn.Embedding(cfg.vocab, cfg.width)
+        self.token_embedding = Embedding(cfg.vocab, cfg.width)
         self.positional_embedding = nn.Parameter(torch.empty(cfg.positions, cfg.width))
         self.transformer = OpenClipStack(cfg)
         self.ln_final = CastLayerNorm(cfg.width)

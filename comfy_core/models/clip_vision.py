@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ModelLoadError
+from .clip_text import Embedding
 from .state_dict import open_state_dict
 
 log = logging.getLogger(__name__)
@@ -184,7 +185,7 @@ class Embeddings(nn.Module):
         super().__init__()
         self.class_embedding = nn.Parameter(torch.empty(cfg.width))
         self.patch_embedding = nn.Conv2d(3, cfg.width, cfg.patch, stride=cfg.patch, bias=False)
-        self.position_embedding = nn.Embedding((cfg.image_size // cfg.patch) ** 2 + 1, cfg.width)
+        self.position_embedding = Embedding((cfg.image_size // cfg.patch) ** 2 + 1, cfg.width)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         x = self.patch_embedding(pixels).flatten(2).transpose(1, 2)  # [B, 3, H, W] -> [B, N, C]
