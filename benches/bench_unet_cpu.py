@@ -28,10 +28,10 @@ import torch
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 
-from fixtures_sd15 import random_sd15_checkpoint  # noqa: E402
+from fixtures_sd15 import random_sd15_checkpoint
 
-from comfy_core.models import conv  # noqa: E402
-from comfy_core.models.cache import ModelCache  # noqa: E402
+from comfy_core.models import conv
+from comfy_core.models.cache import ModelCache
 
 RESULTS: dict = {
     "config": {"model": "random-weight SD1.5 (859.5M UNet params)", "dtype": "float32", "batch": 2, "tokens": 77,
@@ -64,7 +64,7 @@ def before_unet(model):
         pytest.skip(f"needs the git history (commit {BEFORE_COMMIT})")
     module = types.ModuleType("unet_before")
     sys.modules[module.__name__] = module  # dataclasses look their module up
-    exec(compile(source, f"{BEFORE_COMMIT}:unet.py", "exec"), module.__dict__)
+    exec(compile(source, f"{BEFORE_COMMIT}:unet.py", "exec"), module.__dict__)  # noqa: S102 - our own file from git
     cfg = module.UNetConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in model.unet.config.to_dict().items()})
     with torch.device("meta"):
         unet = module.UNetModel(cfg)
@@ -98,7 +98,7 @@ def test_unet_call(benchmark, model, monkeypatch, request, hw, variant):
     if variant == "before":
         monkeypatch.setattr(model, "unet", request.getfixturevalue("before_unet"))
     x, sigma, ctx = _inputs(hw, model.spec.unet.context_dim)
-    call = lambda: model.apply_model(x, sigma, context=ctx)  # noqa: E731
+    call = lambda: model.apply_model(x, sigma, context=ctx)
     call()  # warm-up (first oneDNN primitives, allocator)
     load_before = os.getloadavg()[0]
     benchmark.pedantic(call, rounds=ROUNDS[hw], iterations=1)
