@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import numpy as np
 import torch
 
 from comfy_core.errors import ComfyCoreError
@@ -46,9 +47,15 @@ def _f32(value: Scalar) -> torch.Tensor:
     return torch.tensor(float(value), dtype=torch.float32)
 
 
+def _round32(value: Scalar) -> float:
+    """`value` rounded to float32 (numpy scalars: no tensor allocation on the per-step path)."""
+    return float(np.float32(float(value)))
+
+
 def euler_dt(sigma: Scalar, sigma_next: Scalar) -> float:
-    """dt = sigma_next − sigma, rounded like an fp32 tensor subtraction."""
-    return float(_f32(sigma_next) - _f32(sigma))
+    """dt = sigma_next − sigma, rounded like an fp32 tensor subtraction (IEEE float32 subtraction in numpy is the
+    same correctly rounded operation)."""
+    return float(np.float32(float(sigma_next)) - np.float32(float(sigma)))
 
 
 def dpmpp_2m_coefficients(
@@ -91,7 +98,8 @@ def euler_step_reference(
     xf = x.float()
     x_next = xf + (xf - denoised) / sigma * dt
     if noise is not None:
-        x_next = x_next + noise.float() * s_noise * noise_scale
+        scaled = noise.float() if s_noise == 1.0 else noise.float() * s_noise  # ×1.0 is exact: skip the pass
+        x_next = x_next + scaled * noise_scale
     return x_next, denoised
 
 
@@ -138,11 +146,14 @@ def _check_same_shape(x: torch.Tensor, **tensors: torch.Tensor | None) -> None:
 
 def resolve_step_backend(x: torch.Tensor, *others: torch.Tensor | None, backend: str | None = None) -> str:
     """The backend a step on these tensors will use."""
+    requested = requested_step_backend(backend)
+    if x.device.type == "cpu" and not (requested == "triton" and triton_interpreting()):
+        return "torch"  # the per-step fast path: on CPU only a forced, interpreted run goes to Triton
     tensors = [x, *(t for t in others if t is not None)]
     uniform = all(t.is_contiguous() and t.dtype == x.dtype and t.device == x.device and t.shape == x.shape
                   for t in tensors) and x.numel() < 2**31
     return select_step_backend(
-        device_type=x.device.type, dtype=x.dtype, uniform=uniform, requested=requested_step_backend(backend),
+        device_type=x.device.type, dtype=x.dtype, uniform=uniform, requested=requested,
         triton_available=triton_available(), interpreting=triton_interpreting(),
         capability=device_capability(x.device),
     )
@@ -163,7 +174,7 @@ def cfg_euler_step(
     denoised = uncond + cfg·(cond − uncond); d = (x − denoised)/σ; x_next = x + d·(σ_next − σ).
     """
     _check_same_shape(x, cond=cond, uncond=uncond)
-    cfg, sigma, dt = float(cfg), float(_f32(sigma)), euler_dt(sigma, sigma_next)
+    cfg, sigma, dt = float(cfg), _round32(sigma), euler_dt(sigma, sigma_next)
     if resolve_step_backend(x, cond, uncond, backend=backend) == "triton":
         from . import triton_sampler_step
 
@@ -183,7 +194,7 @@ def cfg_euler_ancestral_step(
     as in ComfyUI, and `noise` may be None (ComfyUI draws none then); it may also be None when σ_up == 0.
     """
     _check_same_shape(x, cond=cond, uncond=uncond, noise=noise)
-    cfg, sigma, s_noise, sigma_up = float(cfg), float(_f32(sigma)), float(s_noise), float(_f32(sigma_up))
+    cfg, sigma, s_noise, sigma_up = float(cfg), _round32(sigma), float(s_noise), _round32(sigma_up)
     to_denoised = float(sigma_down) == 0.0
     if noise is None and sigma_up != 0.0 and not to_denoised:
         raise ComfyCoreError("cfg_euler_ancestral_step: noise is required when sigma_up > 0")
