@@ -1,12 +1,13 @@
 """Benchmarks: run with `pytest benches/` (pytest-benchmark). Results JSON goes to benches/results/."""
 import json
+import os
 import platform
 import sys
 from pathlib import Path
 
 import pytest
 
-RESULTS = Path(__file__).parent / "results"
+RESULTS = Path(os.environ.get("COMFY_CORE_BENCH_RESULTS", Path(__file__).parent / "results"))
 
 
 def machine() -> dict:

@@ -1,4 +1,4 @@
-"""`comfy-core run | serve | demo | info`: the engine from a terminal."""
+"""`comfy-core run | serve | demo | info | bench`: the engine from a terminal."""
 from __future__ import annotations
 
 import argparse
@@ -38,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=42)
     demo.add_argument("--steps", type=int, default=8)
     sub.add_parser("info", help="device, versions and model folders")
+    bench = sub.add_parser("bench", help="run the pytest-benchmark suites of a source checkout (benches/)")
+    bench.add_argument("-k", dest="select", default=None, help="pytest -k expression, e.g. 'engine or sampler'")
+    bench.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     for command in (run, serve, demo, sub.choices["info"]):
         _add_dirs(command)
     return parser
@@ -134,6 +137,20 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Benchmarks live beside the package in a source checkout (they are not installed with a wheel)."""
+    import subprocess
+
+    benches = Path(__file__).resolve().parents[1] / "benches"
+    if not benches.is_dir():
+        print("error: benches/ is only in a source checkout (git clone + pip install -e .)", file=sys.stderr)
+        return 1
+    command = [sys.executable, "-m", "pytest", str(benches), "-q", "-p", "no:cacheprovider"]
+    if args.select:
+        command += ["-k", args.select]
+    return subprocess.call(command, cwd=benches.parent)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from .asgi.serve import serve
 
@@ -145,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
-    handlers = {"run": cmd_run, "demo": cmd_demo, "info": cmd_info, "serve": cmd_serve}
+    handlers = {"run": cmd_run, "demo": cmd_demo, "info": cmd_info, "serve": cmd_serve, "bench": cmd_bench}
     try:
         return handlers[args.command](args)
     except PromptError as error:

@@ -1,5 +1,6 @@
 """The command line: the README's demo, `run` with overrides and both body shapes, readable errors, `info`."""
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -9,9 +10,9 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+def cli(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "comfy_core.cli", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=300)
+                          timeout=300, env={**os.environ, **(env or {})})
 
 
 def test_demo_writes_checkpoint_once_and_saves_an_image(tmp_path):
@@ -68,3 +69,10 @@ def test_info(tmp_path):
     out = cli("info", "--models-dir", str(tmp_path / "models"), cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert "checkpoints" in out.stdout and str(tmp_path / "models" / "checkpoints") in out.stdout
+
+
+def test_bench_runs_selected_benchmarks(tmp_path):
+    out = cli("bench", "-k", "validation_time", cwd=tmp_path, env={"COMFY_CORE_BENCH_RESULTS": str(tmp_path)})
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "1 passed" in out.stdout
+    assert json.loads((tmp_path / "engine_validate.json").read_text())["results"]["nodes"] == 200
