@@ -96,10 +96,10 @@ def euler_step_reference(
     """(x_next, denoised) in fp32: d = (x − denoised)/σ; x_next = x + d·dt [+ noise·s_noise·noise_scale]."""
     denoised = cfg_combine(cond, uncond, cfg)
     xf = x.float()
-    x_next = xf + (xf - denoised) / sigma * dt
+    x_next = (xf - denoised).div_(sigma).mul_(dt).add_(xf)  # x + d·dt, in place on the one temporary
     if noise is not None:
         scaled = noise.float() if s_noise == 1.0 else noise.float() * s_noise  # ×1.0 is exact: skip the pass
-        x_next = x_next + scaled * noise_scale
+        x_next.add_(scaled * noise_scale)
     return x_next, denoised
 
 
