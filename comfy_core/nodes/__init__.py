@@ -8,6 +8,9 @@ from .registry import NodeRegistry
 BUILTIN_MODULES = (
     "latent", "image", "mask", "conditioning", "primitives", "text", "loaders", "vae", "sampling",
     "clip_vision", "controlnet", "preprocessors",
+    # ComfyUI's comfy_extras families, one module each
+    "custom_sampling", "latent_ops", "image_ops", "mask_ops", "strings", "model_patches", "model_merging",
+    "upscale_models",
 )
 
 
