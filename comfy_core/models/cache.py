@@ -30,6 +30,7 @@ from .checkpoint import (
     open_model_file,
 )
 from .diffusion import DiffusionModel
+from .fp8 import storage_dtype
 from .state_dict import StateDict
 from .vae import VAE
 
@@ -199,13 +200,19 @@ class ModelCache:
             lazy.close()
         return model.clone(), _clone(clip), vae
 
-    def load_unet(self, path: str | Path, *, device: Any = None, dtype: torch.dtype | None = None) -> DiffusionModel:
-        """A standalone diffusion-model file (`diffusion_models/`), or the UNet of a checkpoint."""
+    def load_unet(self, path: str | Path, *, device: Any = None, dtype: torch.dtype | None = None,
+                  weight_dtype: str = "default") -> DiffusionModel:
+        """A standalone diffusion-model file (`diffusion_models/`), or the UNet of a checkpoint.
+
+        `weight_dtype` (UNETLoader's choice) is part of the key: fp8 storage is a different object in memory."""
         dev, dt = default_device_dtype(device, dtype)
+        storage = storage_dtype(weight_dtype)
+        extra = () if storage is None else (weight_dtype,)
         lazy = _LazyFile(path)
         try:
-            model = self.get_or_load(self._key(path, "unet", dev, dt), part="unet", device=dev, loader=lambda: (
-                build_diffusion_model(lazy.get(), device=dev, dtype=dt, source=str(path))))
+            model = self.get_or_load(self._key(path, "unet", dev, dt, *extra), part="unet", device=dev, loader=lambda: (
+                build_diffusion_model(lazy.get(), device=dev, dtype=dt, source=str(path), storage=storage,
+                                      fp8_matmul=weight_dtype.endswith("_fast"))))
         finally:
             lazy.close()
         return model.clone()

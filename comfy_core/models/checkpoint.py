@@ -22,6 +22,7 @@ from .detect import (
     find_vae_prefix,
 )
 from .diffusion import DiffusionModel
+from .fp8 import cast_on_forward, is_fp8, stored_fp8_dtype
 from .state_dict import PrefixView, StateDict, materialize, open_state_dict
 from .text_encoders import load_clip_from_state_dict
 from .unet import UNetModel
@@ -40,20 +41,28 @@ def default_device_dtype(device: Any = None, dtype: Any = None) -> tuple[torch.d
 
 def build_diffusion_model(
     sd: StateDict, *, device: Any, dtype: torch.dtype, source: str, prefix: str | None = None,
-    spec: ModelSpec | None = None,
+    spec: ModelSpec | None = None, storage: torch.dtype | None = None, fp8_matmul: bool = False,
 ) -> DiffusionModel:
-    """The UNet of `sd` (a checkpoint or a standalone UNet file) as a MODEL."""
+    """The UNet of `sd` (a checkpoint or a standalone UNet file) as a MODEL.
+
+    `storage`: keep the weights in this fp8 dtype (UNETLoader's weight_dtype); by default a file whose UNet weights
+    are stored as fp8 stays fp8. fp8 weights are cast per layer to `dtype` at forward time (see fp8.py)."""
     prefix = find_unet_prefix(sd) if prefix is None else prefix
     spec = spec or detect_model(sd, prefix, source)
     unet_sd = PrefixView(sd, prefix) if prefix else sd
-    unet = materialize(lambda: UNetModel(spec.unet), unet_sd, dtype=dtype, device=device, source=source, what="UNet")
+    storage = storage or stored_fp8_dtype(unet_sd, (k for k in unet_sd if k.endswith(".weight")))
+    held = storage if storage is not None and is_fp8(storage) else dtype
+    unet = materialize(lambda: UNetModel(spec.unet), unet_sd, dtype=held, device=device, source=source, what="UNet")
+    if held != dtype:
+        cast_on_forward(unet, dtype, fp8_matmul=fp8_matmul)
     augmentor = None
     if spec.family == "sd2_unclip":
         # ComfyUI builds the augmentor from its model config (timestep_dim = half the ADM width) and loads only the
         # UNet's weights, so any noise_augmentor.data_mean/data_std in the file are ignored: mean 0, std 1.
         augmentor = NoiseAugmentor(spec.unet.adm_in_channels // 2)
     model = DiffusionModel(unet, spec, source=source, noise_augmentor=augmentor)
-    log.info("loaded %s UNet (%s, %s) from %s", spec.comfy_name, spec.prediction, dtype, source)
+    log.info("loaded %s UNet (%s, %s weights, %s compute) from %s", spec.comfy_name, spec.prediction, held, dtype,
+             source)
     return model
 
 

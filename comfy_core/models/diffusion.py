@@ -61,7 +61,8 @@ class DiffusionModel:
 
     @property
     def dtype(self) -> torch.dtype:
-        return next(self.unet.parameters()).dtype
+        """The compute dtype (fp8-stored UNets compute in their `compute_dtype`, see fp8.py)."""
+        return getattr(self.unet, "compute_dtype", None) or next(self.unet.parameters()).dtype
 
     def memory_bytes(self) -> int:
         return sum(p.numel() * p.element_size() for p in self.unet.parameters())

@@ -121,11 +121,9 @@ class UNETLoader:
 
     def load_unet(self, unet_name: str, weight_dtype: str) -> tuple[Any]:
         path = model_path("diffusion_models", unet_name)
-        if weight_dtype != "default":
-            log.warning("UNETLoader: %s storage is not implemented; loading %s in the engine dtype", weight_dtype,
-                        unet_name)
         device, dtype = device_dtype()
-        return (_with_engine_options(model_cache().load_unet(path, device=device, dtype=dtype)),)
+        model = model_cache().load_unet(path, device=device, dtype=dtype, weight_dtype=weight_dtype)
+        return (_with_engine_options(model),)
 
 
 class PixelSpace:
