@@ -64,6 +64,8 @@ class NodeContext:
     node_id: str | None = None
     on_progress: ProgressHook | None = None
     wants_previews: bool = False
+    call_index: int = 0  # which mapped call of the node is running (list inputs call a node several times)
+    graph_index: int = 0  # sub-graphs allocated by that call so far (GraphBuilder id prefixes)
 
     def check_interrupted(self) -> None:
         """Raise `Interrupted` if the engine was asked to stop the running prompt."""
@@ -79,6 +81,18 @@ class NodeContext:
         ctx = copy.copy(self)  # cheaper than dataclasses.replace on the per-node hot path
         ctx.node_id, ctx.on_progress = node_id, on_progress
         return ctx
+
+    def start_call(self, index: int) -> None:
+        """The executor is about to make mapped call `index` of this node (a per-node context, never shared)."""
+        self.call_index, self.graph_index = index, 0
+
+    def new_graph_prefix(self) -> str:
+        """A node-id prefix for a sub-graph this call expands into, unique within the prompt and deterministic."""
+        if self.node_id is None:
+            raise NoContextError("sub-graphs can only be built while a node runs")
+        prefix = f"{self.node_id}.{self.call_index}.{self.graph_index}."
+        self.graph_index += 1
+        return prefix
 
 
 _current: ContextVar[NodeContext | None] = ContextVar("comfy_core_node_context", default=None)

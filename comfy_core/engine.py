@@ -325,6 +325,5 @@ class Engine:
             "prompt": [number, prompt_id, prompt, extra, outputs],
             "outputs": record.outputs,
             "status": {"status_str": record.status_str, "completed": record.completed, "messages": record.messages},
-            "meta": {n: {"node_id": n, "display_node": n, "parent_node": None, "real_node_id": n}
-                     for n in record.outputs},
+            "meta": record.meta,
         }

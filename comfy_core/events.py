@@ -99,7 +99,7 @@ class ExecutionError(Event):
     exception_message: str
     exception_type: str
     traceback: list[str]
-    current_inputs: dict[str, Any]
+    current_inputs: dict[str, Any] | list[Any]  # a list (empty) for blocked-execution reports, as ComfyUI sends
     current_outputs: list[str]
     timestamp: int
 

@@ -1,5 +1,6 @@
-"""Runs one validated prompt: dependency order from the outputs, cache lookups by input signature, list mapping,
-hidden inputs, progress and interrupts, and ComfyUI's events and history record.
+"""Runs one validated prompt: ComfyUI's dynamic execution order (lazy inputs, node expansion, execution blockers),
+cache lookups by input signature, list mapping, hidden inputs, progress and interrupts, and ComfyUI's events and
+history record. The order itself lives in `dynamic_graph.py`.
 """
 from __future__ import annotations
 
@@ -8,16 +9,18 @@ import inspect
 import logging
 import traceback
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 
 from . import context as node_context
 from .cache import CachedResult, OutputCache
-from .errors import Interrupted
+from .dynamic_graph import DependencyCycleError, DynamicPrompt, ExecutionList
+from .errors import Interrupted, NodeExecutionError
 from .events import (Event, Executed, Executing, ExecutionCached, ExecutionError, ExecutionInterrupted,
                      ExecutionStart, ExecutionSuccess, PreviewFrame, Progress, ProgressState, now_ms)
 from .graph import _type_name, is_link
+from .graph_utils import ExecutionBlocker
 from .nodes.registry import NodeRegistry
 from .signature import compute_signatures
 
@@ -25,7 +28,7 @@ log = logging.getLogger(__name__)
 
 
 class RunRecord(msgspec.Struct):
-    """What one execution produced: ComfyUI's history `outputs`/`status` plus the error, if any."""
+    """What one execution produced: ComfyUI's history `outputs`/`status`/`meta` plus the error, if any."""
 
     outputs: dict[str, dict[str, Any]]
     status_str: str
@@ -33,6 +36,7 @@ class RunRecord(msgspec.Struct):
     messages: list[list[Any]]
     error: ExecutionError | None = None
     interrupted: bool = False
+    meta: dict[str, dict[str, Any]] = {}
 
 
 class _NodeFailure(Exception):
@@ -40,23 +44,27 @@ class _NodeFailure(Exception):
         self.node_id, self.exc, self.inputs = node_id, exc, inputs
 
 
-def execution_order(prompt: Mapping[str, Any], outputs: list[str], is_cached: Callable[[str], bool]) -> list[str]:
-    """Post-order DFS from the outputs: outputs always, upstream nodes only while they are not cached."""
-    order: list[str] = []
-    seen: set[str] = set()
+class DuplicateNodeError(NodeExecutionError):
+    """A node expansion reused a node id that already exists in the running prompt."""
 
-    def visit(node_id: str, root: bool) -> None:
-        if node_id in seen or (not root and is_cached(node_id)):
-            return
-        seen.add(node_id)
-        for value in prompt[node_id]["inputs"].values():
-            if is_link(value):
-                visit(str(value[0]), False)
-        order.append(node_id)
 
-    for output in outputs:
-        visit(output, True)
-    return order
+class _Call(NamedTuple):
+    """One mapped call's return value, split into ComfyUI's parts."""
+
+    values: Any  # tuple of outputs (links into `expand` for an expanding call), or None
+    ui: dict[str, Any] | None
+    expand: dict[str, Any] | None
+
+
+def _split_call(result: Any, n_out: int) -> _Call:
+    if isinstance(result, ExecutionBlocker):
+        return _Call((result,) * n_out, None, None)
+    if isinstance(result, dict):
+        values = result.get("result", ())
+        if isinstance(values, ExecutionBlocker):
+            values = (values,) * n_out
+        return _Call(values, result.get("ui"), result.get("expand"))
+    return _Call(result, None, None)
 
 
 def _format_inputs(inputs: dict[str, list[Any]]) -> dict[str, list[Any]]:
@@ -74,16 +82,28 @@ def _merge_ui(uis: list[dict[str, Any]]) -> dict[str, Any] | None:
     return merged
 
 
+def _first_blocker(kwargs: dict[str, Any], whole_lists: bool) -> ExecutionBlocker | None:
+    for value in kwargs.values():
+        for item in (value if whole_lists else (value,)):
+            if isinstance(item, ExecutionBlocker):
+                return item
+    return None
+
+
 class _PromptRun:
-    """The state of one prompt's execution: results so far, UI outputs, per-node progress, recorded messages."""
+    """The state of one prompt's execution: its live graph, results so far, UI outputs, per-node progress,
+    expansions waiting for their sub-graphs, and the messages recorded for history."""
 
     def __init__(self, prompt: dict[str, Any], prompt_id: str, emit: Callable[[Event], None]):
         self.prompt, self.prompt_id, self._emit = prompt, prompt_id, emit
+        self.graph = DynamicPrompt(prompt)
+        self.signatures: dict[str, str] = {}
         self.messages: list[list[Any]] = []
         self.results: dict[str, CachedResult] = {}
         self.ui_outputs: dict[str, dict[str, Any]] = {}
         self.executed: list[str] = []
         self.states: dict[str, dict[str, Any]] = {}
+        self.expansions: dict[str, tuple[list[_Call], dict[str, Any] | None]] = {}
 
     def emit(self, event: Event) -> None:
         self._emit(event)
@@ -93,12 +113,27 @@ class _PromptRun:
         self.messages.append([event.TYPE, event.to_builtins()])
         self._emit(event)
 
+    def display(self, node_id: str) -> str:
+        return self.graph.get_display_node_id(node_id)
+
+    def meta(self, node_id: str) -> dict[str, Any]:
+        return {"node_id": node_id, "display_node": self.display(node_id),
+                "parent_node": self.graph.get_parent_node_id(node_id),
+                "real_node_id": self.graph.get_real_node_id(node_id)}
+
     def node_state(self, node_id: str, state: str, value: float = 0, total: float = 1) -> None:
         """progress_state: every started node with its progress (entries are replaced, never mutated)."""
+        meta = self.meta(node_id)
         self.states[node_id] = {"value": value, "max": total, "state": state, "node_id": node_id,
-                                "prompt_id": self.prompt_id, "display_node_id": node_id, "parent_node_id": None,
-                                "real_node_id": node_id}
+                                "prompt_id": self.prompt_id, "display_node_id": meta["display_node"],
+                                "parent_node_id": meta["parent_node"], "real_node_id": meta["real_node_id"]}
         self._emit(ProgressState(prompt_id=self.prompt_id, nodes=dict(self.states)))
+
+    def show_ui(self, node_id: str, ui: dict[str, Any] | None) -> None:
+        if ui is not None:
+            self.ui_outputs[node_id] = ui
+            self.emit(Executed(node=node_id, display_node=self.display(node_id), output=ui,
+                               prompt_id=self.prompt_id))
 
     def progress_hook(self, node_id: str, wants_previews: bool):
         def on_progress(value: int, total: int, preview: Any) -> None:
@@ -124,24 +159,26 @@ class Executor:
         run = _PromptRun(prompt, prompt_id, emit)
         run.record(ExecutionStart(prompt_id=prompt_id, timestamp=now_ms()))
         self._specs = {}
-        signatures = self._signatures(prompt, outputs, ctx)
-        cached = {n: r for n in prompt if n in signatures and (r := self.cache.get(signatures[n])) is not None}
+        run.signatures = self._signatures(prompt, outputs, ctx)
+        cached = {n: r for n in prompt if n in run.signatures and (r := self.cache.get(run.signatures[n])) is not None}
         run.record(ExecutionCached(nodes=list(cached), prompt_id=prompt_id, timestamp=now_ms()))
         self._forget_instances(prompt)
         run.results.update(cached)
         run.ui_outputs.update({n: r.ui for n, r in cached.items() if r.ui is not None})
+        order = self._execution_list(run)
+        for output in outputs:
+            order.add_node(output)
         try:
-            for node_id in execution_order(prompt, outputs, lambda n: n in cached):
-                if node_id in cached:
-                    run.emit(Executed(node=node_id, display_node=node_id, output=cached[node_id].ui,
-                                      prompt_id=prompt_id))
-                else:
-                    self._execute_node(run, node_id, signatures[node_id], extra_data, ctx)
+            while not order.is_empty():
+                node_id = self._next_node(order)
+                if self._step(run, order, node_id, extra_data, ctx):
+                    order.complete(node_id)
         except _NodeFailure as failure:
             run.node_state(failure.node_id, "error")
             return self._failed(run, failure)
         run.record(ExecutionSuccess(prompt_id=prompt_id, timestamp=now_ms()))
-        return RunRecord(outputs=run.ui_outputs, status_str="success", completed=True, messages=run.messages)
+        return RunRecord(outputs=run.ui_outputs, status_str="success", completed=True, messages=run.messages,
+                         meta={n: run.meta(n) for n in run.ui_outputs})
 
     def _signatures(self, prompt, outputs, ctx) -> dict[str, str]:
         """Signatures of the outputs' sub-graph, plus those of the other nodes that have one (ComfyUI reports
@@ -151,33 +188,68 @@ class Executor:
             others = [n for n in prompt if n not in signatures]
             return {**compute_signatures(prompt, others, self.registry, skip_broken=True), **signatures}
 
-    def _execute_node(self, run: _PromptRun, node_id: str, signature: str, extra_data, ctx) -> None:
+    def _execution_list(self, run: _PromptRun) -> ExecutionList:
+        def cls_of(node_id: str) -> type | None:
+            return self.registry.get(run.graph.get_node(node_id)["class_type"])
+
+        def is_lazy(node_id: str, name: str) -> bool:
+            cls = cls_of(node_id)
+            return cls is not None and bool(self._spec(cls)["lazy"].get(name))
+
+        def is_async(node_id: str) -> bool:
+            cls = cls_of(node_id)
+            return cls is not None and inspect.iscoroutinefunction(getattr(cls, cls.FUNCTION, None))
+
+        return ExecutionList(run.graph, is_done=lambda n: n in run.results, is_lazy=is_lazy, is_async=is_async,
+                             is_output=lambda n: getattr(cls_of(n), "OUTPUT_NODE", False) is True)
+
+    @staticmethod
+    def _next_node(order: ExecutionList) -> str:
+        try:
+            return order.next_node()
+        except DependencyCycleError as exc:
+            raise _NodeFailure(exc.blamed, exc, {}) from exc
+
+    def _step(self, run: _PromptRun, order: ExecutionList, node_id: str, extra_data, ctx) -> bool:
+        """Run (or finish) the picked node; False when it must wait (it asked for lazy inputs, or it expanded)."""
+        if node_id in run.results:  # a cached output node: replay its UI
+            run.emit(Executed(node=node_id, display_node=run.display(node_id), output=run.results[node_id].ui,
+                              prompt_id=run.prompt_id))
+            return True
         run.node_state(node_id, "running")
-        result = self._run_node(run, node_id, extra_data, ctx)
+        if node_id in run.expansions:
+            result = self._resolve_expansion(run, node_id)
+        else:
+            result = self._run_node(run, order, node_id, extra_data, ctx)
+            if result is None:
+                return False
+            run.show_ui(node_id, result.ui)
         run.results[node_id] = result
-        self.cache.put(signature, result)
+        self.cache.put(run.signatures[node_id], result)
         run.executed.append(node_id)
-        if result.ui is not None:
-            run.ui_outputs[node_id] = result.ui
-            run.emit(Executed(node=node_id, display_node=node_id, output=result.ui, prompt_id=run.prompt_id))
         run.node_state(node_id, "finished", 1, 1)
+        return True
 
     def _failed(self, run: _PromptRun, failure: _NodeFailure) -> RunRecord:
-        node_type = run.prompt[failure.node_id]["class_type"]
+        node_id = run.graph.get_real_node_id(failure.node_id)  # errors inside an expansion blame its prompt node
+        node_type = run.prompt[node_id]["class_type"]
+        meta = {n: run.meta(n) for n in run.ui_outputs}
         if isinstance(failure.exc, Interrupted):
-            run.record(ExecutionInterrupted(prompt_id=run.prompt_id, node_id=failure.node_id, node_type=node_type,
+            run.record(ExecutionInterrupted(prompt_id=run.prompt_id, node_id=node_id, node_type=node_type,
                                             executed=run.executed, timestamp=now_ms()))
             return RunRecord(outputs=run.ui_outputs, status_str="error", completed=False, messages=run.messages,
-                             interrupted=True)
+                             interrupted=True, meta=meta)
         exc = failure.exc
+        cycle = isinstance(exc, DependencyCycleError)
         error = ExecutionError(
-            prompt_id=run.prompt_id, node_id=failure.node_id, node_type=node_type, executed=run.executed,
-            exception_message=str(exc), exception_type=_type_name(exc),
-            traceback=traceback.format_tb(exc.__traceback__), current_inputs=_format_inputs(failure.inputs),
-            current_outputs=list(run.prompt), timestamp=now_ms())
+            prompt_id=run.prompt_id, node_id=node_id, node_type=node_type, executed=run.executed,
+            exception_message=str(exc),
+            exception_type="graph.DependencyCycleError" if cycle else _type_name(exc),
+            traceback=[] if cycle else traceback.format_tb(exc.__traceback__),
+            current_inputs=_format_inputs(failure.inputs), current_outputs=list(run.prompt), timestamp=now_ms())
         run.record(error)
         return RunRecord(outputs=run.ui_outputs, status_str="error", completed=False, messages=run.messages,
-                         error=error)
+                         error=error, meta=meta)
 
     def _forget_instances(self, prompt: Mapping[str, Any]) -> None:
         live = {(i, n["class_type"]) for i, n in prompt.items()}
@@ -189,75 +261,196 @@ class Executor:
             self.instances[key] = self.registry.get(class_type)()
         return self.instances[key]
 
-    def _run_node(self, run: _PromptRun, node_id: str, extra_data, ctx) -> CachedResult:
-        node = run.prompt[node_id]
+    def _class(self, node_id: str, node: dict[str, Any]) -> type:
+        cls = self.registry.get(node.get("class_type"))
+        if cls is None:  # only possible for nodes added by expansion: the prompt's nodes were validated
+            raise NodeExecutionError(f"node {node_id} has an unknown class_type {node.get('class_type')!r}")
+        return cls
+
+    def _spec(self, cls: type) -> dict[str, Any]:
+        """A class's declared inputs, hidden inputs and lazy/rawLink flags (INPUT_TYPES once per prompt)."""
+        if cls not in self._specs:
+            spec = cls.INPUT_TYPES()
+            declared = {**spec.get("required", {}), **spec.get("optional", {})}
+            options = {k: v[1] for k, v in declared.items()
+                       if isinstance(v, (list, tuple)) and len(v) > 1 and isinstance(v[1], dict)}
+            self._specs[cls] = {"declared": declared, "hidden": spec.get("hidden", {}),
+                                "lazy": {k: bool(o.get("lazy")) for k, o in options.items()},
+                                "raw_link": {k for k, o in options.items() if o.get("rawLink")}}
+        return self._specs[cls]
+
+    def _run_node(self, run: _PromptRun, order: ExecutionList, node_id: str, extra_data,
+                  ctx) -> CachedResult | None:
+        """Call the node; None when it must wait (lazy inputs requested, or it expanded into new nodes)."""
+        node = run.graph.get_node(node_id)
         inputs: dict[str, list[Any]] = {}
         try:
             ctx.check_interrupted()
-            cls = self.registry.get(node["class_type"])
-            inputs = self._gather_inputs(node_id, node, cls, run.results, run.prompt, extra_data)
-            run.emit(Executing(node=node_id, display_node=node_id, prompt_id=run.prompt_id))
+            cls = self._class(node_id, node)
+            inputs, missing = self._gather_inputs(run, node_id, node, cls, extra_data)
+            run.emit(Executing(node=node_id, display_node=run.display(node_id), prompt_id=run.prompt_id))
+            obj = self._instance(node_id, node["class_type"])
             node_ctx = ctx.for_node(node_id, run.progress_hook(node_id, ctx.wants_previews))
             with node_context.use(node_ctx):
-                calls = self._map_over_lists(self._instance(node_id, node["class_type"]), cls, inputs, node_ctx)
+                if self._requests_lazy_inputs(order, node_id, obj, cls, inputs, missing, node_ctx):
+                    return None
+                results = self._map_over_lists(obj, cls, inputs, node_ctx, on_block=self._block_reporter(run, node_id))
+            calls = [_split_call(r, len(getattr(cls, "RETURN_TYPES", ()))) for r in results]
+            if any(call.expand is not None for call in calls):
+                self._expand(run, order, node_id, calls, ctx)
+                return None
             return self._merge_calls(cls, calls)
         except Exception as exc:
-            log.debug("node %s (%s) failed", node_id, node["class_type"], exc_info=True)
+            log.debug("node %s (%s) failed", node_id, node.get("class_type"), exc_info=True)
             raise _NodeFailure(node_id, exc, inputs) from exc
 
-    def _gather_inputs(self, node_id, node, cls, results, prompt, extra_data) -> dict[str, list[Any]]:
-        """Every input as a list: constants → [v], links → the upstream slot's list, hidden → [value]."""
-        if cls not in self._specs:
-            spec = cls.INPUT_TYPES()
-            self._specs[cls] = {"declared": {**spec.get("required", {}), **spec.get("optional", {})},
-                                "hidden": spec.get("hidden", {})}
-        declared, hidden = self._specs[cls]["declared"], self._specs[cls]["hidden"]
+    def _gather_inputs(self, run: _PromptRun, node_id: str, node, cls, extra_data) -> tuple[dict[str, list[Any]],
+                                                                                          set[str]]:
+        """Every input as a list: constants → [v], links → the upstream slot's list, hidden → [value].
+        A link whose source has not run (a lazy input not asked for yet) is [None] and listed as missing."""
+        spec = self._spec(cls)
         inputs: dict[str, list[Any]] = {}
+        missing: set[str] = set()
         for name, value in node["inputs"].items():
-            if is_link(value):
-                inputs[name] = results[str(value[0])].outputs[value[1]]
-            elif name in declared:
+            if is_link(value) and name not in spec["raw_link"]:
+                source = run.results.get(str(value[0]))
+                if source is None or value[1] >= len(source.outputs):
+                    inputs[name] = [None]
+                    missing.add(name)
+                else:
+                    inputs[name] = source.outputs[value[1]]
+            elif name in spec["declared"]:
                 inputs[name] = [value]
         hidden_values = {
-            "PROMPT": prompt, "DYNPROMPT": prompt, "UNIQUE_ID": node_id,
+            "PROMPT": run.prompt, "DYNPROMPT": run.graph, "UNIQUE_ID": node_id,
             "EXTRA_PNGINFO": extra_data.get("extra_pnginfo"),
             "AUTH_TOKEN_COMFY_ORG": extra_data.get("auth_token_comfy_org"),
             "API_KEY_COMFY_ORG": extra_data.get("api_key_comfy_org"),
         }
-        for name, kind in hidden.items():
+        for name, kind in spec["hidden"].items():
             inputs[name] = [hidden_values.get(kind)]
-        return inputs
+        return inputs, missing
+
+    def _requests_lazy_inputs(self, order: ExecutionList, node_id: str, obj, cls, inputs, missing, ctx) -> bool:
+        """ComfyUI's `check_lazy_status`: the node names the inputs it needs given what it has; those not yet
+        evaluated become dependencies and the node waits for them."""
+        if not hasattr(obj, "check_lazy_status"):
+            return False
+        answers = self._map_over_lists(obj, cls, inputs, ctx, function="check_lazy_status")
+        wanted = dict.fromkeys(name for answer in answers if isinstance(answer, list) for name in answer
+                               if isinstance(name, str) and (name not in inputs or name in missing))
+        linked = [order.make_input_strong_link(node_id, name) for name in wanted]
+        return any(linked)
 
     @staticmethod
-    def _map_over_lists(obj: Any, cls: type, inputs: dict[str, list[Any]], ctx) -> list[Any]:
-        """ComfyUI list semantics: one call with whole lists, or one call per index (short lists repeat their last)."""
-        fn = getattr(obj, cls.FUNCTION)
+    def _block_reporter(run: _PromptRun, node_id: str) -> Callable[[ExecutionBlocker], ExecutionBlocker]:
+        """A blocker with a message reports it once (an execution_error that does not stop the prompt), then
+        travels on silently."""
+        def on_block(blocker: ExecutionBlocker) -> ExecutionBlocker:
+            if blocker.message is None:
+                return blocker
+            run.emit(ExecutionError(
+                prompt_id=run.prompt_id, node_id=node_id, node_type=run.graph.get_node(node_id)["class_type"],
+                executed=list(run.executed), exception_message=f"Execution Blocked: {blocker.message}",
+                exception_type="ExecutionBlocked", traceback=[], current_inputs=[], current_outputs=[],
+                timestamp=now_ms()))
+            return ExecutionBlocker(None)
+        return on_block
+
+    @staticmethod
+    def _map_over_lists(obj: Any, cls: type, inputs: dict[str, list[Any]], ctx, *, function: str | None = None,
+                        on_block: Callable[[ExecutionBlocker], Any] | None = None) -> list[Any]:
+        """ComfyUI list semantics: one call with whole lists, or one call per index (short lists repeat their
+        last). A call whose inputs hold an ExecutionBlocker is not made; the blocker is its result."""
+        fn = getattr(obj, function or cls.FUNCTION)
         call = (lambda **kw: asyncio.run(fn(**kw))) if inspect.iscoroutinefunction(fn) else fn
-        if getattr(cls, "INPUT_IS_LIST", False):
-            return [call(**inputs)]
-        if not inputs:
-            return [call()]
-        calls = []
-        for i in range(max(len(v) for v in inputs.values())):
+        whole_lists = bool(getattr(cls, "INPUT_IS_LIST", False))
+        if whole_lists:
+            slices = [inputs]
+        else:
+            count = max((len(v) for v in inputs.values()), default=0)
+            slices = [{k: v[min(i, len(v) - 1)] for k, v in inputs.items()} for i in range(count)] or [{}]
+        results = []
+        for index, kwargs in enumerate(slices):
             ctx.check_interrupted()
-            calls.append(call(**{k: v[min(i, len(v) - 1)] for k, v in inputs.items()}))
-        return calls
+            blocker = _first_blocker(kwargs, whole_lists)
+            if blocker is not None:
+                results.append(on_block(blocker) if on_block else blocker)
+                continue
+            ctx.start_call(index)
+            results.append(call(**kwargs))
+        return results
 
     @staticmethod
-    def _merge_calls(cls: type, calls: list[Any]) -> CachedResult:
+    def _merge_calls(cls: type, calls: list[_Call],
+                     resolve: Callable[[Any], list[Any] | None] | None = None) -> CachedResult:
+        """Per output slot, the values of every call (OUTPUT_IS_LIST slots concatenate lists); `resolve` turns an
+        expanding call's links into the linked node's output list."""
         n_out = len(getattr(cls, "RETURN_TYPES", ()))
         is_list = list(getattr(cls, "OUTPUT_IS_LIST", [False] * n_out))
         outputs: list[list[Any]] = [[] for _ in range(n_out)]
-        uis = []
-        for result in calls:
-            if isinstance(result, dict):
-                if result.get("ui") is not None:
-                    uis.append(result["ui"])
-                result = result.get("result", ())
+        for call in calls:
+            values = call.values
             for i in range(n_out):
-                value = result[i] if result is not None and i < len(result) else None
-                if is_list[i] and isinstance(value, list):
+                value = values[i] if values is not None and i < len(values) else None
+                resolved = resolve(value) if resolve is not None and call.expand is not None else None
+                if resolved is not None:
+                    outputs[i] += resolved
+                elif is_list[i] and isinstance(value, list):
                     outputs[i] += value
                 else:
                     outputs[i].append(value)
-        return CachedResult(outputs=outputs, ui=_merge_ui(uis))
+        return CachedResult(outputs=outputs, ui=_merge_ui([c.ui for c in calls if c.ui is not None]))
+
+    # -- node expansion ---------------------------------------------------------------------------------------------
+    def _expand(self, run: _PromptRun, order: ExecutionList, node_id: str, calls: list[_Call], ctx) -> None:
+        """Add the nodes the calls returned under "expand", schedule them, and park the node until they ran."""
+        new_ids = self._add_ephemeral_nodes(run, node_id, calls)
+        with node_context.use(ctx):  # IS_CHANGED of the new nodes may need engine services
+            fresh = compute_signatures(run.graph.all_nodes(), new_ids, self.registry, known=run.signatures)
+        run.signatures.update(fresh)
+        for new_id in new_ids:
+            hit = self.cache.get(run.signatures[new_id])
+            if hit is not None:
+                run.results[new_id] = hit
+        for new_id in new_ids:
+            if getattr(self.registry.get(run.graph.get_node(new_id)["class_type"]), "OUTPUT_NODE", False) is True:
+                order.add_node(new_id)
+        for call in calls:
+            if call.expand is None or call.values is None:
+                continue
+            for value in call.values:
+                if is_link(value) and str(value[0]) in run.graph:
+                    order.add_strong_link(str(value[0]), value[1], node_id)
+        ui = _merge_ui([c.ui for c in calls if c.ui is not None])
+        run.show_ui(node_id, ui)
+        run.expansions[node_id] = (calls, ui)
+
+    def _add_ephemeral_nodes(self, run: _PromptRun, parent_id: str, calls: list[_Call]) -> list[str]:
+        graphs = [call.expand for call in calls if call.expand is not None]
+        new_ids = [str(n) for graph in graphs for n in graph]
+        for new_id in new_ids:
+            if new_id in run.graph:
+                raise DuplicateNodeError(f"node expansion added node {new_id!r}, which already exists; ids must be "
+                                         "unique and deterministic (use comfy_core.graph_utils.GraphBuilder)")
+        for graph in graphs:
+            for new_id, node in graph.items():
+                node = {**node, "inputs": dict(node.get("inputs", {}))}
+                self._class(str(new_id), node)
+                display = str(node.get("override_display_id", parent_id))
+                run.graph.add_ephemeral_node(str(new_id), node, parent_id, display)
+        return new_ids
+
+    def _resolve_expansion(self, run: _PromptRun, node_id: str) -> CachedResult:
+        """The expanded node's outputs, now that its sub-graph ran: links replaced by the linked outputs."""
+        calls, ui = run.expansions.pop(node_id)
+
+        def resolve(value: Any) -> list[Any] | None:
+            if is_link(value) and str(value[0]) in run.graph:
+                return list(run.results[str(value[0])].outputs[value[1]])
+            return None
+
+        cls = self.registry.get(run.graph.get_node(node_id)["class_type"])
+        result = self._merge_calls(cls, calls, resolve)
+        result.ui = ui
+        return result

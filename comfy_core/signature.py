@@ -58,13 +58,14 @@ def _accepts(fn, kwargs) -> bool:
 
 
 def compute_signatures(prompt: Mapping[str, Any], node_ids: list[str], registry: NodeRegistry,
-                       *, skip_broken: bool = False) -> dict[str, str]:
+                       *, skip_broken: bool = False, known: Mapping[str, str] | None = None) -> dict[str, str]:
     """Signatures of `node_ids` and all their ancestors (validated nodes: no cycles, no dangling links).
 
     With `skip_broken`, a node whose signature cannot be computed (an unvalidated node with a bad link) is left
-    out instead of raising: used to report which of *all* a prompt's nodes are cached.
+    out instead of raising: used to report which of *all* a prompt's nodes are cached. `known` signatures (of
+    nodes already signed in this run) are reused, not recomputed; the result holds only the new ones.
     """
-    signatures: dict[str, str] = {}
+    signatures: dict[str, str] = dict(known or {})
     hidden_of: dict[str, dict] = {}
 
     def visit(node_id: str) -> str:
@@ -94,4 +95,4 @@ def compute_signatures(prompt: Mapping[str, Any], node_ids: list[str], registry:
         except (KeyError, IndexError, TypeError, RecursionError):
             if not skip_broken:
                 raise
-    return signatures
+    return {k: v for k, v in signatures.items() if known is None or k not in known}
