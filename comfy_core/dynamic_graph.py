@@ -12,6 +12,7 @@ appear as early as possible, and the `executing` sequence a client sees matches 
 """
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -85,9 +86,11 @@ class ExecutionList:
                  is_async: Callable[[str], bool], is_lazy: Callable[[str, str], bool]):
         self.graph = graph
         self._is_done, self._is_output, self._is_async, self._is_lazy = is_done, is_output, is_async, is_lazy
-        self.pending: dict[str, None] = {}  # insertion-ordered set
+        self.pending: dict[str, int] = {}  # node -> insertion number (ties in the pick go to the earliest)
         self.block_count: dict[str, int] = {}
         self.blocking: dict[str, dict[str, set[int]]] = {}  # from node -> {node it blocks: sockets}
+        self._ready: set[str] = set()  # pending nodes with block_count 0, kept incrementally
+        self._added = itertools.count()
 
     def is_empty(self) -> bool:
         return not self.pending
@@ -99,9 +102,10 @@ class ExecutionList:
             current = stack.pop()
             if current in self.pending:
                 continue
-            self.pending[current] = None
+            self.pending[current] = next(self._added)
             self.block_count[current] = 0
             self.blocking[current] = {}
+            self._ready.add(current)
             for name, value in self.graph.get_node(current)["inputs"].items():
                 if not is_link(value) or (self._is_lazy(current, name) and not include_lazy):
                     continue
@@ -121,6 +125,7 @@ class ExecutionList:
         if target not in blocked:
             blocked[target] = set()
             self.block_count[target] += 1
+            self._ready.discard(target)
         blocked[target].add(slot)
 
     def make_input_strong_link(self, target: str, input_name: str) -> bool:
@@ -133,7 +138,7 @@ class ExecutionList:
 
     def next_node(self) -> str:
         """The node to run next; raises `DependencyCycleError` when nodes remain but none is ready."""
-        ready = [n for n in self.pending if self.block_count[n] == 0]
+        ready = sorted(self._ready, key=self.pending.__getitem__)
         if not ready:
             cycle = self.nodes_in_cycle()
             blamed = next((self.graph.get_display_node_id(n) for n in cycle if self.graph.get_display_node_id(n) != n), cycle[0])
@@ -143,8 +148,11 @@ class ExecutionList:
     def complete(self, node_id: str) -> None:
         """`node_id` ran: drop it and unblock what waited on it."""
         del self.pending[node_id]
+        self._ready.discard(node_id)
         for blocked in self.blocking.pop(node_id, {}):
             self.block_count[blocked] -= 1
+            if self.block_count[blocked] == 0:
+                self._ready.add(blocked)
         del self.block_count[node_id]
 
     def _pick(self, ready: list[str]) -> str:
