@@ -425,3 +425,14 @@ def test_workflow_load_upscale_save(tmp_path):
     ref = (ref.clamp(0, 1)[0].permute(1, 2, 0).numpy() * 255).round().astype(np.int16)
     assert np.abs(got[:, :2 * 470] - ref[:, :2 * 470]).max() <= 1  # left of the overlap's receptive band
     assert [(p["value"], p["max"]) for p in progress if p["node"] == "3"] == [(1, 2), (2, 2)]
+
+
+@pytest.mark.parametrize(("config", "params"), [
+    (RRDBConfig(3, 3, 64, 23, 32, 2), 16_697_987),  # RealESRGAN_x4plus / ESRGAN x4 (23 blocks, 64 features)
+    (RRDBConfig(3, 3, 64, 6, 32, 2), 4_467_779),  # RealESRGAN_x4plus_anime_6B
+    (CompactConfig(3, 3, 64, 16, 4), 621_424),  # realesr-animevideov3
+])
+def test_full_size_parameter_counts(config, params):
+    with torch.device("meta"):
+        net = RRDBNet(config) if isinstance(config, RRDBConfig) else SRVGGNetCompact(config)
+    assert sum(p.numel() for p in net.parameters()) == params
