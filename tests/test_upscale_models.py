@@ -436,3 +436,32 @@ def test_full_size_parameter_counts(config, params):
     with torch.device("meta"):
         net = RRDBNet(config) if isinstance(config, RRDBConfig) else SRVGGNetCompact(config)
     assert sum(p.numel() for p in net.parameters()) == params
+
+
+def test_progress_per_tile_and_interrupt_between_tiles():
+    """Tile progress goes through the node context; an interrupt set after the first tile stops at the second."""
+    from comfy_core import context
+    from comfy_core.errors import Interrupted
+
+    model = _CountingModel(built(compact_weights(3, 4, 1, 2, seed=6)))
+    seen = []
+    ctx = context.NodeContext(config=None, storage=None, folders=None)
+
+    def hook(value, total, preview):
+        seen.append((value, total))
+        ctx.cancel.set()
+
+    ctx.on_progress = hook
+    with context.use(ctx), pytest.raises(Interrupted):
+        nodes.upscale_image(model, torch.rand(1, 600, 600, 3))  # 4 tiles of 512 with overlap 32
+    assert seen == [(1, 4)]
+    assert model.calls == 2
+
+
+class _CountingModel(_OomAbove):
+    def __init__(self, model):
+        super().__init__(model, limit=10**9)
+
+    @property
+    def calls(self):
+        return len(self.sizes)
