@@ -20,7 +20,7 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 
-from . import routes_files, routes_info, routes_queue
+from . import routes_files, routes_info, routes_internal, routes_queue, routes_user
 from .errors import EXCEPTION_HANDLERS
 from .security import OriginGuard
 from .ws import WebSocketHub, websocket_endpoint
@@ -39,10 +39,11 @@ def _aliased(table: Sequence[tuple[str, Any, list[str]]], max_body_size: int) ->
 
 
 def _routes(max_body: int, max_upload: int) -> list[BaseRoute]:
-    routes = _aliased(routes_queue.ROUTES + routes_files.ROUTES + routes_info.ROUTES, max_body)
-    routes += _aliased(routes_files.UPLOAD_ROUTES, max_upload)
+    routes = _aliased(routes_queue.ROUTES + routes_files.ROUTES + routes_info.ROUTES + routes_user.ROUTES, max_body)
+    routes += _aliased(routes_files.UPLOAD_ROUTES + routes_user.UPLOAD_ROUTES, max_upload)
     routes += [WebSocketRoute("/ws", websocket_endpoint), WebSocketRoute("/api/ws", websocket_endpoint)]
-    routes += [Route(p, e, methods=m, max_body_size=max_body) for p, e, m in routes_info.STATIC_ROUTES]
+    unaliased = routes_info.STATIC_ROUTES + routes_user.STATIC_ROUTES + routes_internal.ROUTES
+    routes += [Route(p, e, methods=m, max_body_size=max_body) for p, e, m in unaliased]
     return routes
 
 

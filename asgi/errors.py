@@ -46,7 +46,7 @@ async def _client_error(request: Request, exc: Exception) -> Response:
 async def _input_file_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, InputFileError)
     status = exc.status if 400 <= exc.status < 500 else 400
-    kind = {403: "forbidden_path", 404: "not_found"}.get(status, "invalid_file")
+    kind = {403: "forbidden_path", 404: "not_found", 409: "file_exists"}.get(status, "invalid_file")
     return json_response(error_body(kind, str(exc)), status)
 
 

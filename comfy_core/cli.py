@@ -33,6 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8188)
     serve.add_argument("--listen", action="store_true", help="listen on all interfaces (0.0.0.0)")
+    serve.add_argument("--user-directory", help="per-user workflows and settings folder (default: ./user)")
+    serve.add_argument("--multi-user", action="store_true", help="separate users, picked by the Comfy-User header")
     demo = sub.add_parser("demo", help="txt2img on a built-in random-weight demo checkpoint (no downloads)")
     demo.add_argument("--prompt", default="a photo of a cat")
     demo.add_argument("--seed", type=int, default=42)
@@ -52,6 +54,10 @@ def load_config(args: argparse.Namespace) -> EngineConfig:
     overrides = {k: v for k, v in overrides.items() if v}
     if getattr(args, "device", None):
         overrides["device"] = args.device
+    if getattr(args, "user_directory", None):
+        overrides["user_dir"] = args.user_directory
+    if getattr(args, "multi_user", False):
+        overrides["multi_user"] = True
     return msgspec.structs.replace(config, **overrides)
 
 

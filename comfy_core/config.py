@@ -16,6 +16,8 @@ class EngineConfig(msgspec.Struct, kw_only=True):
     input_dir: str = "input"
     output_dir: str = "output"
     temp_dir: str = "temp"
+    user_dir: str = "user"  # per-user workflows and settings (ComfyUI's user/ folder)
+    multi_user: bool = False  # users picked by the Comfy-User header; otherwise everyone is "default"
     custom_nodes_dirs: list[str] = []
     # extra search folders per model kind, e.g. {"checkpoints": ["/data/sd"]} (like extra_model_paths.yaml)
     extra_model_paths: dict[str, list[str]] = {}
@@ -49,6 +51,7 @@ class EngineConfig(msgspec.Struct, kw_only=True):
             input_dir=absolute(self.input_dir),
             output_dir=absolute(self.output_dir),
             temp_dir=absolute(self.temp_dir),
+            user_dir=absolute(self.user_dir),
             custom_nodes_dirs=[absolute(p) for p in self.custom_nodes_dirs],
             extra_model_paths={k: [absolute(p) for p in v] for k, v in self.extra_model_paths.items()},
             annotators_dir=absolute(self.annotators_dir) if self.annotators_dir else None,

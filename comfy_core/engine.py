@@ -24,10 +24,12 @@ from .executor import Executor, RunRecord
 from .folders import ModelFolders
 from .graph import decode_prompt, validate
 from .history import MemoryHistory
+from .logs import LogCapture
 from .nodes import register_builtin_nodes
 from .nodes.registry import NodeRegistry
 from .prompt_queue import PromptQueue, QueueItem
 from .storage import Storage
+from .userdata import UserData
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +81,8 @@ class Engine:
                                     custom_nodes_dirs=self.config.custom_nodes_dirs,
                                     annotators_dir=self.config.annotators_dir)
         self.events = EventBus()
+        self.userdata = UserData(self.config.user_dir, multi_user=self.config.multi_user)
+        self.log_capture = LogCapture(self.events).attach()  # detached in close()
         self.device = _pick_device(self.config.device)
         self.dtype = _pick_dtype(self.config.dtype, self.device)
         self.models = self._make_model_cache()
@@ -114,6 +118,7 @@ class Engine:
         if self._worker is not None:
             self._worker.join(timeout)
         self.storage.clear_temp()
+        self.log_capture.detach()
 
     def __enter__(self) -> "Engine":
         return self.start()

@@ -54,3 +54,8 @@ class InputFileError(ComfyCoreError):
 
 class Interrupted(ComfyCoreError):
     """The running prompt was interrupted (by `Engine.interrupt()` or the /interrupt route)."""
+
+
+class UserDataError(InputFileError):
+    """A user-data request that cannot be served: unknown user (403), unsafe path (400/403), missing file (404),
+    existing file without overwrite (409), duplicate or invalid user name (400). `status` as for InputFileError."""
