@@ -29,6 +29,7 @@ class EngineConfig(msgspec.Struct, kw_only=True):
     gpu_model_budget_bytes: int = 0  # 0 = whatever the device has
     cache_max_entries: int = 512  # node output cache
     max_history: int = 10_000
+    state_dir: str | None = None  # keep the queue and history here (SQLite) so they survive a restart
     save_metadata: bool = True  # PNG text chunks `prompt` / `workflow`
     preview_method: str = "none"  # "none" | "latent2rgb" | "auto"
     preview_size: int = 512
@@ -55,4 +56,5 @@ class EngineConfig(msgspec.Struct, kw_only=True):
             custom_nodes_dirs=[absolute(p) for p in self.custom_nodes_dirs],
             extra_model_paths={k: [absolute(p) for p in v] for k, v in self.extra_model_paths.items()},
             annotators_dir=absolute(self.annotators_dir) if self.annotators_dir else None,
+            state_dir=absolute(self.state_dir) if self.state_dir else None,
         )

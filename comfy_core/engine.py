@@ -24,6 +24,7 @@ from .executor import Executor, RunRecord
 from .folders import ModelFolders
 from .graph import decode_prompt, validate
 from .history import MemoryHistory
+from .persistence import PersistentHistory, StateFile
 from .logs import LogCapture
 from .nodes import register_builtin_nodes
 from .nodes.registry import NodeRegistry
@@ -88,14 +89,33 @@ class Engine:
         self.models = self._make_model_cache()
         self.output_cache = OutputCache(self.config.cache_max_entries)
         self.executor = Executor(self.registry, self.output_cache)
-        self.history_store = MemoryHistory(self.config.max_history)
-        self._queue = PromptQueue()
+        self._state = StateFile(self.config.state_dir) if self.config.state_dir else None
+        self.history_store = (PersistentHistory(self._state, self.config.max_history) if self._state
+                              else MemoryHistory(self.config.max_history))
+        self._queue = PromptQueue(journal=self._state)
         self._cancel = node_context.CancelToken()
         self._lock = threading.Lock()
         self._worker: threading.Thread | None = None
         self._running: tuple[str, str | None] | None = None  # (prompt_id, client_id)
         self._current_node: str | None = None
         self._pending_free = {"unload_models": False, "free_memory": False}
+
+    def _restore_queue(self, state: StateFile) -> None:
+        """Queue again what an earlier engine had queued (or was running) when it stopped; prompts that no longer
+        validate (a custom node is gone) are dropped with a warning. Done at the first start, so nodes registered
+        after construction count."""
+        for number, prompt_id, prompt, extra_data, outputs in state.queued():
+            if self.history_store.get(prompt_id) is not None:
+                state.remove_queued([prompt_id])  # it finished just before the stop
+                continue
+            try:
+                valid = self.validate(prompt)
+            except PromptError as exc:
+                log.warning("queued prompt %s dropped on restart: %s", prompt_id, exc)
+                state.remove_queued([prompt_id])
+                continue
+            kept = [o for o in outputs if o in valid.outputs] or valid.outputs
+            self._queue.restore(QueueItem((number, prompt_id, valid.prompt, extra_data, kept)))
 
     def _make_model_cache(self):
         from .models.cache import ModelCache
@@ -108,6 +128,8 @@ class Engine:
         with self._lock:
             if self._worker is None:
                 self.storage.clear_temp()
+                if self._state is not None:
+                    self._restore_queue(self._state)
                 self._worker = threading.Thread(target=self._work, name="comfy-core-worker", daemon=True)
                 self._worker.start()
         return self
@@ -119,6 +141,8 @@ class Engine:
             self._worker.join(timeout)
         self.storage.clear_temp()
         self.log_capture.detach()
+        if self._state is not None and (self._worker is None or not self._worker.is_alive()):
+            self._state.close()
 
     def __enter__(self) -> "Engine":
         return self.start()
@@ -160,8 +184,8 @@ class Engine:
         if client_id is not None:
             extra["client_id"] = client_id
         prompt_id = str(prompt_id) if prompt_id is not None else str(uuid.uuid4())
+        self.start()  # first: it re-queues what a previous engine left (and advances the counter past it)
         number = self._queue.next_number(number, front)
-        self.start()
         self._queue.put(QueueItem((number, prompt_id, valid.prompt, extra, valid.outputs)))
         self._emit_status()
         return Submission(prompt_id=prompt_id, number=number, node_errors=valid.node_errors)

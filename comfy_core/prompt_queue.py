@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import heapq
 import threading
-from typing import Any
+from typing import Any, Protocol
 
 
 class QueueItem(tuple):
@@ -28,13 +28,30 @@ class QueueItem(tuple):
         return [self[0], self[1], self[2], self[3], self[4]]
 
 
+class QueueJournal(Protocol):
+    """Where queued prompts are written down until they finish (`persistence.StateFile`)."""
+
+    def put_queued(self, item: list[Any]) -> None: ...
+    def remove_queued(self, prompt_ids: list[str]) -> None: ...
+    def clear_queued(self, keep: list[str]) -> None: ...
+
+
 class PromptQueue:
-    def __init__(self) -> None:
+    def __init__(self, journal: QueueJournal | None = None) -> None:
         self._heap: list[QueueItem] = []
         self._running: dict[str, QueueItem] = {}
         self._counter = 0
         self._cond = threading.Condition()
         self._closed = False
+        self._journal = journal
+
+    def restore(self, item: QueueItem) -> None:
+        """Queue an item journaled by an earlier engine; later counter numbers sort after it."""
+        with self._cond:
+            heapq.heappush(self._heap, item)
+            if float(item.number).is_integer():
+                self._counter = max(self._counter, abs(int(item.number)) + 1)
+            self._cond.notify_all()
 
     def next_number(self, number: float | None, front: bool) -> float:
         with self._cond:
@@ -45,6 +62,8 @@ class PromptQueue:
             return value
 
     def put(self, item: QueueItem) -> None:
+        if self._journal is not None:
+            self._journal.put_queued(item.as_list())
         with self._cond:
             heapq.heappush(self._heap, item)
             self._cond.notify_all()
@@ -61,6 +80,8 @@ class PromptQueue:
             return item
 
     def done(self, prompt_id: str) -> None:
+        if self._journal is not None:
+            self._journal.remove_queued([prompt_id])
         with self._cond:
             self._running.pop(prompt_id, None)
             self._cond.notify_all()
@@ -86,20 +107,25 @@ class PromptQueue:
 
     def delete(self, prompt_ids: list[str]) -> int:
         """Remove the first pending match of each id; running prompts are never touched."""
-        removed = 0
+        removed: list[str] = []
         with self._cond:
             for prompt_id in prompt_ids:
                 for index, item in enumerate(self._heap):
                     if item.prompt_id == prompt_id:
                         self._heap.pop(index)
                         heapq.heapify(self._heap)
-                        removed += 1
+                        removed.append(prompt_id)
                         break
-        return removed
+        if removed and self._journal is not None:
+            self._journal.remove_queued(removed)
+        return len(removed)
 
     def clear(self) -> None:
         with self._cond:
             self._heap.clear()
+            running = list(self._running)
+        if self._journal is not None:
+            self._journal.clear_queued(keep=running)
 
     def wait_idle(self, timeout: float | None = None) -> bool:
         with self._cond:
