@@ -35,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--listen", action="store_true", help="listen on all interfaces (0.0.0.0)")
     serve.add_argument("--user-directory", help="per-user workflows and settings folder (default: ./user)")
     serve.add_argument("--multi-user", action="store_true", help="separate users, picked by the Comfy-User header")
+    serve.add_argument("--state-dir", help="keep the queue and history here so they survive a restart")
     demo = sub.add_parser("demo", help="txt2img on a built-in random-weight demo checkpoint (no downloads)")
     demo.add_argument("--prompt", default="a photo of a cat")
     demo.add_argument("--seed", type=int, default=42)
@@ -58,6 +59,8 @@ def load_config(args: argparse.Namespace) -> EngineConfig:
         overrides["user_dir"] = args.user_directory
     if getattr(args, "multi_user", False):
         overrides["multi_user"] = True
+    if getattr(args, "state_dir", None):
+        overrides["state_dir"] = args.state_dir
     return msgspec.structs.replace(config, **overrides)
 
 

@@ -76,3 +76,13 @@ def test_bench_runs_selected_benchmarks(tmp_path):
     assert out.returncode == 0, out.stdout + out.stderr
     assert "1 passed" in out.stdout
     assert json.loads((tmp_path / "engine_validate.json").read_text())["results"]["nodes"] == 200
+
+
+def test_serve_flags_reach_the_engine_config(tmp_path):
+    from comfy_core.cli import build_parser, load_config
+
+    args = build_parser().parse_args(["serve", "--state-dir", str(tmp_path / "state"), "--multi-user",
+                                      "--user-directory", str(tmp_path / "u")])
+    config = load_config(args)
+    assert config.state_dir == str(tmp_path / "state") and config.multi_user
+    assert config.user_dir == str(tmp_path / "u")
