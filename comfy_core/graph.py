@@ -226,6 +226,8 @@ class _Validator:
                                      name, info))
                 return False
         choices = config[0]
+        if choices == "COMBO":  # a V3 schema combo lists its choices under "options"
+            choices = options.get("options", [])
         if isinstance(choices, list) and value not in choices:
             listed = f"(list of length {len(choices)})" if len(choices) > MAX_LISTED_CHOICES else str(choices)
             if len(choices) > MAX_LISTED_CHOICES:

@@ -14,3 +14,19 @@ def int_input(default: int, minimum: int, maximum: int = MAX_RESOLUTION, step: i
     if step is not None:
         options["step"] = step
     return ("INT", {**options, **extra})
+
+
+def combo_input(options: list[str], default: str | None = None, **extra: Any) -> tuple[str, dict[str, Any]]:
+    """A V3-schema COMBO input as ComfyUI reports it: default (when given), multiselect, options, then `extra`."""
+    spec: dict[str, Any] = {} if default is None else {"default": default}
+    return ("COMBO", {**spec, "multiselect": False, "options": list(options), **extra})
+
+
+class AnyType(str):
+    """The `*` socket type: equal to every type in ComfyUI's link check (which compares with `!=`)."""
+
+    def __ne__(self, other: object) -> bool:
+        return False
+
+
+ANY_TYPE = AnyType("*")

@@ -15,7 +15,7 @@ _INVALID_VAE = ("ERROR: VAE is invalid: None\n\nIf the VAE is from a checkpoint 
                 "contain a valid VAE model.")
 
 
-def _check(vae: Any) -> None:
+def check_vae(vae: Any) -> None:
     if vae is None:
         raise NodeExecutionError(_INVALID_VAE)
 
@@ -26,7 +26,7 @@ def _progress():
     return ctx.progress if ctx is not None else None
 
 
-def _interrupt_check():
+def interrupt_check():
     """For whole-image encode/decode: ComfyUI sends no progress events there, but an interrupt still stops us."""
     ctx = context.current_or_none()
     return (lambda value, total: ctx.check_interrupted()) if ctx is not None else None
@@ -45,11 +45,11 @@ class VAEDecode:
                              "vae": ("VAE", {"tooltip": "VAE to decode with."})}}
 
     def decode(self, vae: Any, samples: dict[str, Any]) -> tuple[torch.Tensor]:
-        _check(vae)
+        check_vae(vae)
         latent = samples["samples"]
         if latent.ndim == 5:  # video-style [B, C, T, h, w]: fold frames into the batch
             latent = latent.movedim(2, 1).reshape(-1, latent.shape[1], *latent.shape[-2:])
-        return (vae.decode(latent, _interrupt_check()),)
+        return (vae.decode(latent, interrupt_check()),)
 
 
 class VAEEncode:
@@ -62,8 +62,8 @@ class VAEEncode:
         return {"required": {"pixels": ("IMAGE",), "vae": ("VAE",)}}
 
     def encode(self, vae: Any, pixels: torch.Tensor) -> tuple[dict[str, torch.Tensor]]:
-        _check(vae)
-        return ({"samples": vae.encode(pixels[:, :, :, :3], _interrupt_check())},)
+        check_vae(vae)
+        return ({"samples": vae.encode(pixels[:, :, :, :3], interrupt_check())},)
 
 
 def _temporal_inputs(verb: str) -> dict[str, Any]:
@@ -91,7 +91,7 @@ class VAEDecodeTiled:
 
     def decode(self, vae: Any, samples: dict[str, Any], tile_size: int, overlap: int = 64,
                temporal_size: int = 64, temporal_overlap: int = 8) -> tuple[torch.Tensor]:
-        _check(vae)
+        check_vae(vae)
         if tile_size < overlap * 4:  # ComfyUI keeps the overlap at most a quarter of the tile
             overlap = tile_size // 4
         r = vae.downscale_ratio
@@ -114,7 +114,7 @@ class VAEEncodeTiled:
 
     def encode(self, vae: Any, pixels: torch.Tensor, tile_size: int, overlap: int,
                temporal_size: int = 64, temporal_overlap: int = 8) -> tuple[dict[str, torch.Tensor]]:
-        _check(vae)
+        check_vae(vae)
         return ({"samples": vae.encode_tiled(pixels[:, :, :, :3], tile=tile_size, overlap=overlap,
                                              progress=_progress())},)
 
@@ -126,6 +126,25 @@ def grow_mask(mask: torch.Tensor, by: int) -> torch.Tensor:
     kernel = torch.ones((1, 1, by, by))
     padding = math.ceil((by - 1) / 2)
     return torch.clamp(F.conv2d(mask.round(), kernel, padding=padding), 0, 1)
+
+
+def inpaint_pixels(pixels: torch.Tensor, mask: torch.Tensor, ratio: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(pixels, mask) for an inpaint encode: the mask [B,1,H,W] resized to the image, both center-cropped to
+    multiples of `ratio`, and the pixels [B,H,W,C] made mid-grey where the rounded mask is 1 (a copy)."""
+    h, w = (pixels.shape[1] // ratio) * ratio, (pixels.shape[2] // ratio) * ratio
+    mask = F.interpolate(mask.reshape((-1, 1, mask.shape[-2], mask.shape[-1])).float(),
+                         size=(pixels.shape[1], pixels.shape[2]), mode="bilinear")
+    pixels = pixels.clone()
+    if (pixels.shape[1], pixels.shape[2]) != (h, w):
+        oy, ox = (pixels.shape[1] % ratio) // 2, (pixels.shape[2] % ratio) // 2
+        pixels = pixels[:, oy:oy + h, ox:ox + w, :]
+        mask = mask[:, :, oy:oy + h, ox:ox + w]
+    keep = (1.0 - mask.round()).squeeze(1)  # [B, H, W]
+    for c in range(3):
+        pixels[:, :, :, c] -= 0.5
+        pixels[:, :, :, c] *= keep
+        pixels[:, :, :, c] += 0.5
+    return pixels, mask
 
 
 class VAEEncodeForInpaint:
@@ -140,23 +159,11 @@ class VAEEncodeForInpaint:
 
     def encode(self, vae: Any, pixels: torch.Tensor, mask: torch.Tensor, grow_mask_by: int = 6):
         """Masked pixels become mid-grey before encoding; the grown mask becomes the latent's noise_mask."""
-        _check(vae)
-        r = vae.downscale_ratio
-        h, w = (pixels.shape[1] // r) * r, (pixels.shape[2] // r) * r
-        mask = F.interpolate(mask.reshape((-1, 1, mask.shape[-2], mask.shape[-1])).float(),
-                             size=(pixels.shape[1], pixels.shape[2]), mode="bilinear")
-        pixels = pixels.clone()
-        if (pixels.shape[1], pixels.shape[2]) != (h, w):
-            oy, ox = (pixels.shape[1] % r) // 2, (pixels.shape[2] % r) // 2
-            pixels = pixels[:, oy:oy + h, ox:ox + w, :]
-            mask = mask[:, :, oy:oy + h, ox:ox + w]
+        check_vae(vae)
+        pixels, mask = inpaint_pixels(pixels, mask, vae.downscale_ratio)
+        h, w = pixels.shape[1], pixels.shape[2]
         grown = grow_mask(mask, grow_mask_by)
-        keep = (1.0 - mask.round()).squeeze(1)  # [B, H, W]
-        for c in range(3):
-            pixels[:, :, :, c] -= 0.5
-            pixels[:, :, :, c] *= keep
-            pixels[:, :, :, c] += 0.5
-        latent = vae.encode(pixels, _interrupt_check())
+        latent = vae.encode(pixels, interrupt_check())
         return ({"samples": latent, "noise_mask": grown[:, :, :h, :w].round()},)
 
 
