@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
@@ -22,6 +23,7 @@ from starlette.routing import BaseRoute, Route, WebSocketRoute
 
 from . import routes_files, routes_info, routes_internal, routes_queue, routes_user
 from .errors import EXCEPTION_HANDLERS
+from .frontend import frontend_routes
 from .security import OriginGuard
 from .ws import WebSocketHub, websocket_endpoint
 
@@ -64,6 +66,7 @@ def create_app(
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     ws_max_buffer: int = 2048,
     ws_lossy_buffer: int = 128,
+    frontend_dir: str | Path | None = None,
 ) -> Starlette:
     """The ComfyUI API over `engine`.
 
@@ -71,6 +74,8 @@ def create_app(
     cors_origins: e.g. ["*"] or ["https://my.site"]; enables CORS headers and turns the loopback origin guard off.
     max_upload_bytes / max_body_bytes: request body limits of the upload routes / every other route (413 past them).
     ws_max_buffer / ws_lossy_buffer: per-websocket buffer sizes (see `comfy_core.asgi.ws`).
+    frontend_dir: a ComfyUI web frontend build to serve at `/` (`frontend.installed_frontend()` finds the
+    `comfyui-frontend-package` wheel); API routes keep priority over its files.
     """
     features = {"supports_preview_metadata": True, "max_upload_size": float(max_upload_bytes)}
     hub = WebSocketHub(engine, features, max_buffer=ws_max_buffer, lossy_buffer=ws_lossy_buffer)
@@ -87,8 +92,11 @@ def create_app(
             if owns_engine:
                 await run_in_threadpool(engine.close)
 
+    routes = _routes(max_body_bytes, max_upload_bytes)
+    if frontend_dir is not None:
+        routes += frontend_routes(frontend_dir)
     app = Starlette(
-        routes=_routes(max_body_bytes, max_upload_bytes),
+        routes=routes,
         middleware=_middleware(cors_origins),
         exception_handlers=dict(EXCEPTION_HANDLERS),
         lifespan=lifespan,
@@ -96,6 +104,7 @@ def create_app(
     app.state.engine = engine
     app.state.hub = hub
     app.state.server_features = features
+    app.state.frontend_dir = Path(frontend_dir) if frontend_dir is not None else None
     app.state.limits = {"max_upload_bytes": max_upload_bytes, "max_body_bytes": max_body_bytes}
     return app
 

@@ -40,8 +40,19 @@ async def embeddings(request: Request) -> Response:
     return json_response(await run_in_threadpool(_engine(request).embeddings))
 
 
+def _web_dirs(request: Request) -> dict[str, Path]:
+    """Custom node web dirs by module, then the frontend's own extension folders (e.g. `core`) when one is served."""
+    dirs = dict(_engine(request).extension_dirs())
+    frontend = getattr(request.app.state, "frontend_dir", None)
+    if frontend is not None and (Path(frontend) / "extensions").is_dir():
+        for folder in sorted((Path(frontend) / "extensions").iterdir()):
+            if folder.is_dir():
+                dirs.setdefault(folder.name, folder)
+    return dirs
+
+
 def _extension_urls(web_dirs: dict[str, Path]) -> list[str]:
-    """`/extensions/<quoted module>/<relpath>` of every .js file under each custom node web dir."""
+    """`/extensions/<quoted module>/<relpath>` of every .js file under each web dir."""
     urls = []
     for module, web_dir in web_dirs.items():
         root = Path(web_dir)
@@ -53,8 +64,8 @@ def _extension_urls(web_dirs: dict[str, Path]) -> list[str]:
 
 
 async def extensions(request: Request) -> Response:
-    engine = _engine(request)
-    return json_response(await run_in_threadpool(lambda: _extension_urls(engine.extension_dirs())))
+    web_dirs = _web_dirs(request)
+    return json_response(await run_in_threadpool(_extension_urls, web_dirs))
 
 
 def _extension_file(web_dirs: dict[str, Path], module: str, relpath: str) -> Path:
@@ -70,9 +81,9 @@ def _extension_file(web_dirs: dict[str, Path], module: str, relpath: str) -> Pat
 
 
 async def extension_file(request: Request) -> Response:
-    engine = _engine(request)
+    web_dirs = _web_dirs(request)
     module, relpath = request.path_params["module"], request.path_params["path"]
-    path = await run_in_threadpool(lambda: _extension_file(engine.extension_dirs(), module, relpath))
+    path = await run_in_threadpool(_extension_file, web_dirs, module, relpath)
     headers = {"Cache-Control": "no-cache"} if path.suffix in (".js", ".css") else None
     return FileResponse(path, headers=headers)
 

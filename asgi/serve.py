@@ -44,16 +44,25 @@ def serve(
     tls_keyfile: str | None = None,
     tls_certfile: str | None = None,
     log_level: str = "info",
+    frontend_dir: str | None = "auto",
 ) -> None:
-    """Build an `Engine` from `engine_config`, wrap it in `create_app(owns_engine=True)` and serve until Ctrl-C."""
+    """Build an `Engine` from `engine_config`, wrap it in `create_app(owns_engine=True)` and serve until Ctrl-C.
+
+    frontend_dir: "auto" serves the installed `comfyui-frontend-package` if there is one, None serves the API only.
+    """
     import uvicorn
 
     from comfy_core import Engine
 
     from .app import create_app
+    from .frontend import installed_frontend
 
+    if frontend_dir == "auto":
+        frontend_dir = installed_frontend()
+        if frontend_dir is None:
+            log.info("no web frontend installed (pip install 'comfy-core[frontend]'); serving the API only")
     app = create_app(Engine(engine_config), owns_engine=True, cors_origins=cors_origins,
-                     max_upload_bytes=max_upload_bytes)
+                     max_upload_bytes=max_upload_bytes, frontend_dir=frontend_dir)
     hosts = listen_hosts(host, listen)
     config = uvicorn.Config(app, host=hosts[0], port=port, log_level=log_level, ssl_keyfile=tls_keyfile,
                             ssl_certfile=tls_certfile)

@@ -36,6 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--user-directory", help="per-user workflows and settings folder (default: ./user)")
     serve.add_argument("--multi-user", action="store_true", help="separate users, picked by the Comfy-User header")
     serve.add_argument("--state-dir", help="keep the queue and history here so they survive a restart")
+    serve.add_argument("--front-end-root", default="auto",
+                       help="web frontend build to serve at / (default: the installed comfyui-frontend-package)")
+    serve.add_argument("--api-only", action="store_true", help="serve no web frontend")
     demo = sub.add_parser("demo", help="txt2img on a built-in random-weight demo checkpoint (no downloads)")
     demo.add_argument("--prompt", default="a photo of a cat")
     demo.add_argument("--seed", type=int, default=42)
@@ -163,7 +166,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from .asgi.serve import serve
 
-    serve(load_config(args), host=args.host, port=args.port, listen=args.listen)
+    frontend = None if args.api_only else args.front_end_root
+    serve(load_config(args), host=args.host, port=args.port, listen=args.listen, frontend_dir=frontend)
     return 0
 
 

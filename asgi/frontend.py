@@ -1,0 +1,50 @@
+"""Serving ComfyUI's web frontend (the `comfyui-frontend-package` wheel, or any folder with its build) next to the API.
+
+ComfyUI serves `index.html` at `/` with caching off, and the rest of the build as static files from the root; API
+routes are matched first, so the static mount only sees paths no route claims. Nothing here is imported unless a
+frontend is asked for.
+"""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+from starlette.requests import Request
+from starlette.responses import FileResponse, Response
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.staticfiles import StaticFiles
+
+FRONTEND_PACKAGE = "comfyui_frontend_package"
+_NO_CACHE = {"Cache-Control": "no-cache", "Pragma": "no-cache", "Expires": "0"}
+
+
+def installed_frontend() -> Path | None:
+    """The static folder of the installed `comfyui-frontend-package`, if any (`pip install comfy-core[frontend]`)."""
+    spec = importlib.util.find_spec(FRONTEND_PACKAGE)
+    if spec is None or spec.origin is None:
+        return None
+    static = Path(spec.origin).parent / "static"
+    return static if (static / "index.html").is_file() else None
+
+
+class _FrontendFiles(StaticFiles):
+    """The build's files; scripts and styles revalidated on every load, as ComfyUI does after an upgrade."""
+
+    def file_response(self, full_path, stat_result, scope, status_code=200) -> Response:
+        response = super().file_response(full_path, stat_result, scope, status_code)
+        if str(full_path).endswith((".js", ".css", ".html")):
+            response.headers["Cache-Control"] = "no-cache"
+        return response
+
+
+def frontend_routes(web_root: str | Path) -> list[BaseRoute]:
+    """`/` → index.html and the build's other files, for appending after the API routes."""
+    root = Path(web_root)
+    index = root / "index.html"
+    if not index.is_file():
+        raise FileNotFoundError(f"no index.html in the frontend folder {root}")
+
+    async def get_index(request: Request) -> Response:
+        return FileResponse(index, headers=_NO_CACHE)
+
+    return [Route("/", get_index, methods=["GET"]), Mount("/", app=_FrontendFiles(directory=root))]
