@@ -1,6 +1,11 @@
-"""More checkpoint formats: fp8 weight storage (UNETLoader weight_dtype, float8 files)."""
+"""More checkpoint formats: fp8 weight storage (UNETLoader weight_dtype, float8 files), diffusers layouts."""
 from __future__ import annotations
 
+import gzip
+import json
+from pathlib import Path
+
+import fixtures_diffusers as fd
 import fixtures_models as fm
 import fixtures_text
 import pytest
@@ -11,8 +16,13 @@ from comfy_core.errors import ModelLoadError
 from comfy_core.models import fp8
 from comfy_core.models.cache import ModelCache
 from comfy_core.models.checkpoint import build_diffusion_model
+from comfy_core.models.controlnet import load_controlnet
+from comfy_core.models.diffusers_layout import unet_from_diffusers
 from comfy_core.models.lora import LoraPatch, LoraWeights
 from comfy_core.models.state_dict import TensorDict
+from fixtures_guidance import tiny_controlnet_sd, tiny_unet_config
+
+DATA = Path(__file__).parent / "data"
 
 
 @pytest.fixture(scope="module")
@@ -125,3 +135,119 @@ def test_fp8_decisions():
                      "b.weight": torch.zeros(2, dtype=torch.float8_e4m3fn), "c.weight": torch.zeros(2)})
     assert fp8.stored_fp8_dtype(sd, list(sd)) is torch.float8_e4m3fn
     assert fp8.stored_fp8_dtype(sd, ["c.weight"]) is None
+
+
+# ------------------------------------------------------------------------------------------------ diffusers layouts
+
+
+def _real_unet_keys(name: str) -> list[str]:
+    """UNet keys of a real checkpoint (tests/data/model_layouts.json.gz), prefix removed."""
+    layouts = json.loads(gzip.decompress((DATA / "model_layouts.json.gz").read_bytes()))
+    pre = "model.diffusion_model."
+    return [k[len(pre):] for k in layouts[name]["tensors"] if k.startswith(pre)]
+
+
+@pytest.mark.parametrize("name,nrb,levels", [("sd15", 2, 4), ("sdxl_base", 2, 3), ("sd21_768v", 2, 4)])
+def test_diffusers_unet_names_full_size(name, nrb, levels):
+    """Every real-size LDM key has exactly one diffusers name and the conversion maps it back."""
+    ldm = _real_unet_keys(name)
+    names = {fd.unet_key(k, nrb, levels): k for k in ldm}
+    assert len(names) == len(ldm)
+    view = unet_from_diffusers(dict.fromkeys(names))
+    assert sorted(view) == sorted(ldm)
+    assert all(names[view._names[k]] == k for k in view)
+
+
+def test_diffusers_unet_names_known_pairs():
+    """Spot checks against names in real SD1.5 diffusers files."""
+    ldm = _real_unet_keys("sd15")
+    view = unet_from_diffusers(dict.fromkeys(fd.unet_key(k, 2, 4) for k in ldm))
+    pairs = {
+        "input_blocks.0.0.weight": "conv_in.weight",
+        "time_embed.2.bias": "time_embedding.linear_2.bias",
+        "input_blocks.3.0.op.weight": "down_blocks.0.downsamplers.0.conv.weight",
+        "input_blocks.5.1.proj_in.weight": "down_blocks.1.attentions.1.proj_in.weight",
+        "middle_block.2.emb_layers.1.weight": "mid_block.resnets.1.time_emb_proj.weight",
+        "middle_block.1.transformer_blocks.0.ff.net.0.proj.weight":
+            "mid_block.attentions.0.transformer_blocks.0.ff.net.0.proj.weight",
+        "output_blocks.2.1.conv.weight": "up_blocks.0.upsamplers.0.conv.weight",
+        "output_blocks.5.2.conv.weight": "up_blocks.1.upsamplers.0.conv.weight",
+        "output_blocks.11.0.skip_connection.weight": "up_blocks.3.resnets.2.conv_shortcut.weight",
+        "output_blocks.9.1.transformer_blocks.0.attn2.to_out.0.weight":
+            "up_blocks.3.attentions.0.transformer_blocks.0.attn2.to_out.0.weight",
+        "out.0.weight": "conv_norm_out.weight", "out.2.bias": "conv_out.bias",
+    }
+    for ldm_key, d_key in pairs.items():
+        assert view._names[ldm_key] == d_key
+
+
+@pytest.mark.parametrize("family", ["sd1", "sdxl"])
+def test_diffusers_unet_file_loads_bit_identical(tmp_path, family):
+    ldm = fm.unet_state_dict(family)
+    a = fm.write(tmp_path / "ldm.safetensors", ldm)
+    b = fm.write(tmp_path / "diffusion_pytorch_model.safetensors", fd.to_diffusers_unet(ldm, 1, 2))
+    cache = ModelCache()
+    m_ldm, m_d = cache.load_unet(a), cache.load_unet(b)
+    assert m_d.spec == m_ldm.spec
+    x, sigma, ctx = _inputs()
+    kw = {}
+    if family == "sdxl":
+        ctx = torch.randn(2, 5, fm.TINY_UNETS["sdxl"].context_dim)
+        kw["y"] = torch.randn(2, fm.TINY_UNETS["sdxl"].adm_in_channels)
+    assert torch.equal(m_d(x, sigma, context=ctx, **kw), m_ldm(x, sigma, context=ctx, **kw))
+
+
+def test_diffusers_vae_file_loads_bit_identical(tmp_path):
+    ldm = fm.vae_state_dict()
+    diff = fd.to_diffusers_vae(ldm, len(fm.TINY_VAE.ch_mult))
+    assert diff["encoder.mid_block.attentions.0.to_q.weight"].ndim == 2  # Linear-stored, as diffusers has it
+    a = fm.write(tmp_path / "ldm_vae.safetensors", ldm)
+    b = fm.write(tmp_path / "diffusers_vae.safetensors", diff)
+    cache = ModelCache()
+    v_ldm, v_d = cache.load_vae(a), cache.load_vae(b)
+    img = torch.rand(1, 32, 32, 3, generator=torch.Generator().manual_seed(0))
+    lat = v_ldm.encode(img)
+    assert torch.equal(v_d.encode(img), lat)
+    assert torch.equal(v_d.decode(lat), v_ldm.decode(lat))
+
+
+@pytest.mark.parametrize("sdxl", [False, True])
+def test_diffusers_controlnet_loads_bit_identical(tmp_path, sdxl):
+    cfg = tiny_unet_config(sdxl)
+    ldm = tiny_controlnet_sd(cfg, prefix="")
+    diff = fd.to_diffusers_unet(ldm, 1, 2)
+    assert "controlnet_cond_embedding.blocks.5.weight" in diff and "controlnet_down_blocks.3.bias" in diff
+    a = fm.write(tmp_path / "ldm_cn.safetensors", ldm)
+    b = fm.write(tmp_path / "diffusion_pytorch_model.safetensors", diff)
+    cn_ldm, cn_d = load_controlnet(a), load_controlnet(b)
+    sd_ldm, sd_d = cn_ldm.control_model.state_dict(), cn_d.control_model.state_dict()
+    assert list(sd_ldm) == list(sd_d)
+    assert all(torch.equal(sd_ldm[k], sd_d[k]) for k in sd_ldm)
+    x = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+    hint = torch.rand(1, 64, 64, 3, generator=torch.Generator().manual_seed(2))
+    out = []
+    for cn in (cn_ldm, cn_d):
+        c = cn.copy().set_cond_hint(hint.movedim(-1, 1), 0.8)
+        conds = {"context": torch.ones(2, 5, 16) * 0.1}
+        if sdxl:
+            conds["y"] = torch.ones(2, cfg.adm_in_channels) * 0.1
+        out.append(c.get_control(x, torch.full((2,), 3.0), conds, [0, 1]))
+    assert all(torch.equal(p, q) for p, q in zip(out[0]["output"], out[1]["output"]))
+    assert torch.equal(out[0]["middle"][0], out[1]["middle"][0])
+
+
+def test_unknown_and_broken_layouts_are_load_errors(tmp_path):
+    junk = fm.write(tmp_path / "junk.safetensors", {"foo.weight": torch.zeros(2)})
+    with pytest.raises(ModelLoadError, match="not a ControlNet"):
+        load_controlnet(junk)
+    with pytest.raises(ModelLoadError):
+        ModelCache().load_unet(junk)
+    ldm = fd.to_diffusers_unet(fm.unet_state_dict("sd1"), 1, 2)
+    del ldm["down_blocks.0.attentions.0.proj_in.weight"]
+    broken = fm.write(tmp_path / "broken.safetensors", ldm)
+    with pytest.raises(ModelLoadError, match="proj_in"):
+        ModelCache().load_unet(broken)
+    vae = fd.to_diffusers_vae(fm.vae_state_dict(), 4)
+    vae["decoder.mid_block.attentions.0.to_q.weight"] = torch.zeros(3, 5)
+    with pytest.raises(ModelLoadError, match="attn_1.q"):
+        ModelCache().load_vae(fm.write(tmp_path / "badvae.safetensors", vae))

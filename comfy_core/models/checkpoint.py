@@ -21,6 +21,7 @@ from .detect import (
     find_unet_prefix,
     find_vae_prefix,
 )
+from .diffusers_layout import is_diffusers_unet, is_diffusers_vae, unet_from_diffusers, vae_from_diffusers
 from .diffusion import DiffusionModel
 from .fp8 import cast_on_forward, is_fp8, stored_fp8_dtype
 from .state_dict import PrefixView, StateDict, materialize, open_state_dict
@@ -48,6 +49,8 @@ def build_diffusion_model(
     `storage`: keep the weights in this fp8 dtype (UNETLoader's weight_dtype); by default a file whose UNet weights
     are stored as fp8 stays fp8. fp8 weights are cast per layer to `dtype` at forward time (see fp8.py)."""
     prefix = find_unet_prefix(sd) if prefix is None else prefix
+    if prefix is None and is_diffusers_unet(sd):
+        sd, prefix = unet_from_diffusers(sd, "", source), ""
     spec = spec or detect_model(sd, prefix, source)
     unet_sd = PrefixView(sd, prefix) if prefix else sd
     storage = storage or stored_fp8_dtype(unet_sd, (k for k in unet_sd if k.endswith(".weight")))
@@ -73,6 +76,8 @@ def build_vae(sd: StateDict, *, device: Any, dtype: torch.dtype, source: str, pr
         raise ModelLoadError(f"{source}: no VAE found (no 'first_stage_model.decoder.conv_in.weight' or "
                              "'decoder.conv_in.weight')")
     vae_sd = PrefixView(sd, prefix) if prefix else sd
+    if is_diffusers_vae(vae_sd):
+        vae_sd = vae_from_diffusers(vae_sd, "", source)
     cfg = detect_vae_config(vae_sd, "", source)
     module = materialize(lambda: AutoencoderKL(cfg), _without_loss_keys(vae_sd), dtype=dtype, device=device,
                          source=source, what="VAE")

@@ -45,6 +45,7 @@ from torch import nn
 from ..errors import ComfyCoreError, ModelLoadError
 from ..upscale import common_upscale
 from .detect import ShapeKeys, encoder_config
+from .diffusers_layout import controlnet_from_diffusers, is_diffusers_controlnet
 from .model_sampling import ModelSampling
 from .state_dict import open_state_dict
 from .unet import UNetConfig, UNetModel, timestep_embedding
@@ -386,10 +387,9 @@ def controlnet_from_state_dict(sd: Mapping[str, torch.Tensor], *, source: str = 
     if "lora_controlnet" in sd:
         return ControlLora({k: sd[k] for k in sd}, source=source)
     prefix = find_controlnet_prefix(sd)
+    if prefix is None and is_diffusers_controlnet(sd):
+        sd, prefix = controlnet_from_diffusers(sd, source), ""
     if prefix is None:
-        if "controlnet_cond_embedding.conv_in.weight" in sd:
-            raise ModelLoadError(f"{source}: diffusers-format ControlNets are not supported yet; use the original "
-                                 "(control_model.*) or repacked safetensors file")
         raise ModelLoadError(f"{source}: not a ControlNet (no zero_convs.0.0.weight, control_model.* or "
                              "lora_controlnet key); T2I-adapters are not supported")
     tensors = {k: sd[k] for k in sd if k.startswith(prefix) or k == "difference"}
