@@ -63,6 +63,8 @@ def types_match(received: Any, expected: Any) -> bool:
     """ComfyUI's socket compatibility: equal (an any-type object may override `!=`), or comma sets intersect."""
     if not received != expected:
         return True
+    if isinstance(received, list) and expected == "COMBO":  # a custom node outputting a list of choices
+        return True
     if not isinstance(received, str) or not isinstance(expected, str):
         return False
     got = {t.strip() for t in received.split(",")}

@@ -149,6 +149,8 @@ def test_return_type_mismatch_and_comma_sets(registry):
     assert types_match("INT", "INT,FLOAT") and types_match("FLOAT,INT", "INT")
     assert not types_match("*", "INT")  # a plain "*" string is not a wildcard
     assert types_match(ANY, "INT") and types_match("IMAGE", ANY)
+    assert types_match(["a", "b"], "COMBO") and types_match(["a"], ["a"])  # list-typed outputs feed combos
+    assert not types_match(["a", "b"], "STRING") and not types_match(["a"], ["b"])
 
 
 def test_any_type_input_accepts_every_link(registry):
