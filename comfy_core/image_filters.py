@@ -92,10 +92,12 @@ def _shifted(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
 
 def _canny_gradients(gray: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Sobel gx, gy (unnormalised, replicate border) of the 5×5 σ=1 gaussian-blurred (reflect border) image."""
-    x = torch.arange(5, dtype=torch.float32) - 2
+    x = torch.arange(5, dtype=gray.dtype, device=gray.device) - 2
     g1 = torch.exp(-0.5 * x * x)
     g1 = g1 / g1.sum()
-    blurred = _reflect_conv(gray, torch.outer(g1, g1), 2)
+    # separable like kornia's gaussian_blur2d: rows first, then columns (same rounding, so ties stay ties)
+    blurred = F.conv2d(F.pad(gray, (2, 2, 0, 0), mode="reflect"), g1.view(1, 1, 1, 5))
+    blurred = F.conv2d(F.pad(blurred, (0, 0, 2, 2), mode="reflect"), g1.view(1, 1, 5, 1))
     sobel_x = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]])
     weight = torch.stack([sobel_x, sobel_x.T])[:, None].to(gray)  # [2,1,3,3]
     grads = F.conv2d(F.pad(blurred, (1, 1, 1, 1), mode="replicate"), weight)
@@ -129,9 +131,13 @@ def _hysteresis(edges: torch.Tensor) -> torch.Tensor:
 
 def canny(image: torch.Tensor, low_threshold: float, high_threshold: float) -> torch.Tensor:
     """Canny edges [B,1,H,W] in {0, 1} of an RGB (or one-channel) [B,C,H,W] image."""
+    if min(image.shape[-2:]) < 3:
+        raise ValueError(f"Canny needs an image of at least 3x3 pixels; got {image.shape[-1]}x{image.shape[-2]}")
     if image.shape[1] >= 3:
         r, g, b = image[:, 0:1], image[:, 1:2], image[:, 2:3]
         image = 0.299 * r + 0.587 * g + 0.114 * b
+    else:
+        image = image[:, 0:1]
     gx, gy = _canny_gradients(image)
     magnitude = torch.sqrt(gx * gx + gy * gy + 1e-6)
     magnitude = _non_max_suppression(magnitude, gx, gy)
@@ -150,10 +156,10 @@ def rgb_to_ycbcr(image: torch.Tensor) -> torch.Tensor:
 
 
 def ycbcr_to_rgb(image: torch.Tensor) -> torch.Tensor:
-    """[...,3] Y, Cb, Cr -> [...,3] RGB (not clamped, as in kornia)."""
+    """[...,3] Y, Cb, Cr -> [...,3] RGB, clamped to 0..1 (as kornia 0.8 does)."""
     y, cb, cr = image.unbind(-1)
     cb, cr = cb - 0.5, cr - 0.5
-    return torch.stack([y + 1.403 * cr, y - 0.714 * cr - 0.344 * cb, y + 1.773 * cb], dim=-1)
+    return torch.stack([y + 1.403 * cr, y - 0.714 * cr - 0.344 * cb, y + 1.773 * cb], dim=-1).clamp(0, 1)
 
 
 # --- palette quantisation (PIL, as ComfyUI does it) ---------------------------------------------------------------

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +14,9 @@ from PIL import Image, ImageSequence
 from comfy_core import context
 from comfy_core.image_filters import grid_gaussian, rgb_to_ycbcr
 from comfy_core.nodes import image_ops as ops
+
+
+KORNIA = json.loads((Path(__file__).parent / "data" / "kornia_refs.json").read_text())
 
 
 def _img(values, channels: int = 1) -> torch.Tensor:
@@ -366,6 +370,34 @@ def test_canny_hysteresis_keeps_weak_edges_touching_strong_ones():
     assert edges[:, 8].tolist() == [1.0] * 16  # the weak rows below are reached through the chain
     assert edges.sum() == 16
     assert vertical_edge(0.25).sum() == 0  # no strong seed: weak edges are dropped
+
+
+@pytest.mark.parametrize("case", KORNIA["canny"], ids=lambda c: f"{c['low']}-{c['high']}")
+def test_canny_matches_kornia_reference(case):
+    image = torch.tensor(KORNIA["canny_input"])[None].movedim(1, -1)  # [1,H,W,3]
+    (edges,) = ops.Canny().detect_edge(image, case["low"], case["high"])
+    assert edges[0, ..., 0].int().tolist() == case["edges"]
+
+
+def test_canny_too_small_image_is_a_clear_error():
+    with pytest.raises(ValueError, match="3x3"):
+        ops.Canny().detect_edge(torch.zeros((1, 2, 5, 3)), 0.4, 0.8)
+
+
+@pytest.mark.parametrize("name", sorted(KORNIA["morphology"]))
+def test_morphology_matches_kornia_reference(name):
+    operation, k = name.rsplit("_", 1)
+    image = torch.tensor(KORNIA["morph_input"])[None, :, :, None]
+    (out,) = ops.Morphology().process(image, operation, int(k))
+    assert torch.allclose(out[0, ..., 0], torch.tensor(KORNIA["morphology"][name]), atol=1e-6)
+
+
+def test_yuv_to_rgb_matches_kornia_reference_and_clamps():
+    ycc = torch.tensor(KORNIA["ycbcr_input"])  # rows of (Y, Cb, Cr)
+    planes = [ycc[:, i].view(1, 1, 3, 1).expand(1, 1, 3, 3) for i in range(3)]
+    (rgb,) = ops.ImageYUVToRGB().execute(*planes)
+    assert torch.allclose(rgb[0, 0], torch.tensor(KORNIA["ycbcr_to_rgb"]), atol=1e-6)
+    assert rgb.min() >= 0 and rgb.max() <= 1
 
 
 # --- image/animation -----------------------------------------------------------------------------------------------
