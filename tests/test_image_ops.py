@@ -15,7 +15,6 @@ from comfy_core import context
 from comfy_core.image_filters import grid_gaussian, rgb_to_ycbcr
 from comfy_core.nodes import image_ops as ops
 
-
 KORNIA = json.loads((Path(__file__).parent / "data" / "kornia_refs.json").read_text())
 
 
