@@ -15,16 +15,27 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 FRONTEND_PACKAGE = "comfyui_frontend_package"
+TEMPLATES_PACKAGE = "comfyui_workflow_templates"  # the template gallery the frontend reads from /templates
 _NO_CACHE = {"Cache-Control": "no-cache", "Pragma": "no-cache", "Expires": "0"}
+
+
+def _package_folder(package: str, folder: str) -> Path | None:
+    spec = importlib.util.find_spec(package)
+    if spec is None or spec.origin is None:
+        return None
+    path = Path(spec.origin).parent / folder
+    return path if path.is_dir() else None
 
 
 def installed_frontend() -> Path | None:
     """The static folder of the installed `comfyui-frontend-package`, if any (`pip install comfy-core[frontend]`)."""
-    spec = importlib.util.find_spec(FRONTEND_PACKAGE)
-    if spec is None or spec.origin is None:
-        return None
-    static = Path(spec.origin).parent / "static"
-    return static if (static / "index.html").is_file() else None
+    static = _package_folder(FRONTEND_PACKAGE, "static")
+    return static if static is not None and (static / "index.html").is_file() else None
+
+
+def installed_templates() -> Path | None:
+    """The templates folder of the installed `comfyui-workflow-templates`, if any."""
+    return _package_folder(TEMPLATES_PACKAGE, "templates")
 
 
 class _FrontendFiles(StaticFiles):
@@ -37,8 +48,9 @@ class _FrontendFiles(StaticFiles):
         return response
 
 
-def frontend_routes(web_root: str | Path) -> list[BaseRoute]:
-    """`/` → index.html and the build's other files, for appending after the API routes."""
+def frontend_routes(web_root: str | Path, templates_dir: str | Path | None = None) -> list[BaseRoute]:
+    """`/` → index.html and the build's other files (plus `/templates/*` from `templates_dir`), for appending
+    after the API routes."""
     root = Path(web_root)
     index = root / "index.html"
     if not index.is_file():
@@ -47,4 +59,7 @@ def frontend_routes(web_root: str | Path) -> list[BaseRoute]:
     async def get_index(request: Request) -> Response:
         return FileResponse(index, headers=_NO_CACHE)
 
-    return [Route("/", get_index, methods=["GET"]), Mount("/", app=_FrontendFiles(directory=root))]
+    routes: list[BaseRoute] = [Route("/", get_index, methods=["GET"])]
+    if templates_dir is not None:
+        routes.append(Mount("/templates", app=StaticFiles(directory=templates_dir)))
+    return routes + [Mount("/", app=_FrontendFiles(directory=root))]

@@ -66,6 +66,17 @@ def test_without_a_frontend_root_is_not_found(tmp_path):
         assert client.get("/extensions").json() == []
 
 
+def test_workflow_templates_folder_is_served_under_templates(tmp_path, build):
+    templates = tmp_path / "templates"
+    templates.mkdir()
+    (templates / "index.json").write_text("[]")
+    from starlette.applications import Starlette
+
+    with TestClient(Starlette(routes=frontend_routes(build, templates))) as client:
+        assert client.get("/templates/index.json").json() == []
+        assert client.get("/").text == "<html>comfy</html>"
+
+
 def test_a_folder_without_index_is_refused(tmp_path):
     with pytest.raises(FileNotFoundError):
         frontend_routes(tmp_path)
