@@ -18,8 +18,13 @@ class PatchedCLIP(CLIP):
 
 def clip_with_patches(clip: CLIP, patches: dict[str, dict], strength: float, name: str = "") -> CLIP:
     """A clone of `clip` with one LoraPatch per text-encoder role that the LoRA touches."""
-    out = clip.clone()
     new = tuple(LoraPatch(weights, float(strength), name, target=role) for role, weights in patches.items() if weights)
+    return clip_with_added_patches(clip, new)
+
+
+def clip_with_added_patches(clip: CLIP, new: tuple[LoraPatch, ...]) -> CLIP:
+    """A clone of `clip` carrying its patches plus `new` (each aimed at an encoder role by its `target`)."""
+    out = clip.clone()
     out.patches = tuple(getattr(clip, "patches", ())) + new
     if new and not isinstance(out, PatchedCLIP):
         out.__class__ = PatchedCLIP if type(clip) is CLIP else type("PatchedCLIP", (PatchedCLIP, type(clip)), {})

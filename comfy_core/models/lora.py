@@ -1,9 +1,13 @@
-"""LoRA / LoCon weight patches (Hu et al. 2021) in kohya-ss and related key layouts, and how they are applied.
+"""Weight patches on shared modules: LoRA / LoCon deltas (Hu et al. 2021) in kohya-ss and related key layouts,
+merges with another model's weights, differences and scales (ComfyUI's model_patcher "diff" patches).
 
 Strategy (no copies of the base model): a MODEL or CLIP carries an immutable tuple of `LoraPatch`es; the shared,
 cached nn.Module carries a `PatchState`. Before a forward pass the owner calls `PatchState.ensure(module, patches)`:
 if the module currently holds a different patch set, the touched weights are restored from exact backups and the new
-set is applied in place (W' = W + strength·(alpha/rank)·up@down, computed in float32 then cast, as ComfyUI does).
+set is applied in place. Each touched weight is computed once in float32 from its original value, every patch in
+order, then cast back, as ComfyUI does:
+    LoRA:  W += strength·(alpha/rank)·up@down
+    diff:  W = W·strength_model + strength·D      (D: a tensor, or another module's weight with that owner's patches)
 The cached base weights are therefore never corrupted: whoever uses the module next with other (or no) patches gets
 the exact original values back. Patching happens once per patch-set switch, not per step.
 """
@@ -50,17 +54,66 @@ class LoraWeights:
         return scale * diff.reshape(shape)
 
 
+@dataclass(frozen=True, eq=False)
+class ModelWeight:
+    """Another module's parameter as its owner sees it: the original value with the owner's patches applied.
+
+    The merge source of ComfyUI's `get_key_patches`: read lazily (float32, on the device of the weight it patches)
+    from the owner's exact originals, so it is right whatever patch set the owner's shared module holds right now.
+    """
+
+    module: torch.nn.Module
+    name: str
+    patches: tuple = ()
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.module.get_parameter(self.name).shape
+
+    def value(self, device: torch.device) -> torch.Tensor:
+        state = PatchState.of(self.module)
+        with state.lock, torch.no_grad():
+            base = state.backups.get(self.name)
+            if base is None:
+                base = self.module.get_parameter(self.name)
+            out = base.detach().to(device=device, dtype=torch.float32, copy=True)
+        return apply_chain(out, self.patches, self.name)
+
+
+@dataclass(frozen=True, eq=False)
+class WeightDiff:
+    """ComfyUI's "diff" patch on one weight: W = W·strength_model + strength·source (source None: a pure scale)."""
+
+    source: torch.Tensor | ModelWeight | None
+    strength_model: float = 1.0
+
+    def apply(self, target: torch.Tensor, strength: float, name: str) -> None:
+        if self.strength_model != 1.0:
+            target *= self.strength_model
+        if strength == 0.0 or self.source is None:
+            return
+        if tuple(self.source.shape) != tuple(target.shape):
+            log.warning("shape mismatch %s: weight not merged %s != %s", name, list(self.source.shape),
+                        list(target.shape))
+            return
+        src = self.source
+        value = src.value(target.device) if isinstance(src, ModelWeight) else src.to(target.device, torch.float32)
+        target += strength * value
+
+
 Rows = tuple[int, int] | None  # a row range of the target (q/k/v inside a fused OpenCLIP in_proj_weight)
+Part = LoraWeights | WeightDiff
 
 
 @dataclass(frozen=True)
 class LoraPatch:
-    """A set of weight deltas for one module (the UNet, or one text encoder by role), with one strength.
+    """A set of weight patches for one module (the UNet, or one text encoder by role), with one strength.
 
-    `weights`: parameter name -> ((LoraWeights, rows), ...); rows=None patches the whole tensor.
+    `weights`: parameter name -> ((LoraWeights | WeightDiff, rows), ...); rows=None patches the whole tensor.
+    `uid` makes every patch object its own cache identity (its contents never change after creation).
     """
 
-    weights: Mapping[str, tuple[tuple[LoraWeights, Rows], ...]]
+    weights: Mapping[str, tuple[tuple[Part, Rows], ...]]
     strength: float
     name: str = ""
     target: str = "unet"  # "unet" or a text-encoder role ("l", "g", "h")
@@ -68,6 +121,21 @@ class LoraPatch:
 
     def key(self) -> tuple[str, float]:
         return (self.uid, self.strength)
+
+
+WeightPatch = LoraPatch  # the general name; LoraPatch stays for existing callers
+
+
+def apply_chain(weight: torch.Tensor, patches: Iterable[LoraPatch], name: str) -> torch.Tensor:
+    """Apply, in order, every patch's parts for parameter `name` to `weight` (float32, modified in place)."""
+    for patch in patches:
+        for part, rows in patch.weights.get(name, ()):
+            target = weight if rows is None else weight[rows[0]:rows[1]]
+            if isinstance(part, LoraWeights):
+                target += patch.strength * part.delta(target.shape).to(weight.device)
+            else:
+                part.apply(target, patch.strength, name)
+    return weight
 
 
 class PatchState:
@@ -91,20 +159,16 @@ class PatchState:
         if key == self.applied:
             return
         self.restore(module)
+        names = dict.fromkeys(n for patch in patches for n in patch.weights)  # first-touch order, no repeats
         params = dict(module.named_parameters())
         with torch.no_grad():
-            for patch in patches:
-                for name, parts in patch.weights.items():
-                    p = params.get(name)
-                    if p is None:
-                        continue
-                    if name not in self.backups:
-                        self.backups[name] = p.detach().clone()
-                    new = p.float()
-                    for lw, rows in parts:
-                        target = new if rows is None else new[rows[0]:rows[1]]
-                        target += patch.strength * lw.delta(target.shape).to(p.device)
-                    p.copy_(new.to(p.dtype))
+            for name in names:
+                p = params.get(name)
+                if p is None:
+                    continue
+                self.backups[name] = p.detach().clone()
+                new = apply_chain(p.detach().to(torch.float32, copy=True), patches, name)
+                p.copy_(new.to(p.dtype))
         self.applied = key
 
     def restore(self, module: torch.nn.Module) -> None:
