@@ -183,8 +183,8 @@ def _bayer_dither(img: Image.Image, palette: Image.Image, order: int) -> Image.I
     pixels = np.asarray(img).astype(np.float32)  # [H,W,3]
     h, w = pixels.shape[:2]
     reps = (math.ceil(h / order), math.ceil(w / order))
-    threshold = np.tile(matrix, reps)[:h, :w, None].astype(np.float32)
-    shifted = np.clip(pixels + threshold, 0, 255).astype(np.uint8)
+    threshold = np.tile(matrix, reps)[:h, :w, None]  # float64, summed then rounded to float32 as ComfyUI's add_
+    shifted = np.clip((pixels + threshold).astype(np.float32), 0, 255).astype(np.uint8)
     return Image.fromarray(shifted).quantize(palette=palette, dither=Image.Dither.NONE)
 
 

@@ -211,6 +211,14 @@ def test_quantize_bayer_dithers_two_greys_into_the_ordered_pattern():
     assert torch.equal(out[..., 0], out[..., 1])
 
 
+def test_bayer_matrix_is_the_classic_index_matrix_centred():
+    from comfy_core.image_filters import _bayer_matrix
+
+    classic = np.array([[0, 8, 2, 10], [12, 4, 14, 6], [3, 11, 1, 9], [15, 7, 13, 5]])
+    assert np.allclose(_bayer_matrix(2), (classic - 7.5) / 16)
+    assert np.allclose(_bayer_matrix(1), (np.array([[0, 2], [3, 1]]) - 1.5) / 4)
+
+
 def test_quantize_keeps_alpha_and_checks_dither():
     image = torch.rand((1, 2, 2, 4))
     (out,) = ops.ImageQuantize().quantize(image, 4, "floyd-steinberg")
