@@ -9,14 +9,29 @@ Ho et al. 2020 / Rombach et al. 2022 (LDM) / Podell et al. 2023 (SDXL).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .conv import Conv2d
+
+AttnReplace = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, Any]], torch.Tensor]
+
+
+class Attn1Hooks(NamedTuple):
+    """What transformer_options change in one block's self-attention (ComfyUI's patch contract):
+    `patches` fn(n, context, value, extra) -> (n, context, value) before the projections, `replace`
+    fn(q, k, v [B, S, H*D], extra) -> [B, S, H*D] instead of the attention, `output_patches` fn(out, extra) -> out
+    after the output projection. `extra` is the transformer_options plus "block_index"."""
+
+    patches: list[Callable]
+    replace: AttnReplace | None
+    output_patches: list[Callable]
+    extra: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -85,6 +100,19 @@ class CrossAttention(nn.Module):
         out = _attention(self.to_q(x), self.to_k(context), self.to_v(context), self.heads, backend)
         return self.to_out(out)
 
+    def forward_hooked(self, x: torch.Tensor, hooks: Attn1Hooks, backend: str | None) -> torch.Tensor:
+        """Self-attention with a block's patches applied (see `Attn1Hooks`)."""
+        extra = {**hooks.extra, "n_heads": self.heads, "dim_head": self.to_q.out_features // self.heads}
+        context = value = x
+        for patch in hooks.patches:
+            x, context, value = patch(x, context, value, extra)
+        q, k, v = self.to_q(x), self.to_k(context), self.to_v(value)
+        out = self.to_out(_attention(q, k, v, self.heads, backend) if hooks.replace is None
+                          else hooks.replace(q, k, v, extra))
+        for patch in hooks.output_patches:
+            out = patch(out, extra)
+        return out
+
 
 class GEGLU(nn.Module):
     """Shazeer 2020: proj to 2*inner, x * gelu(gate)."""
@@ -115,8 +143,12 @@ class BasicTransformerBlock(nn.Module):
         self.attn2 = CrossAttention(dim, context_dim, heads, dim_head)  # cross-attention on the text
         self.norm1, self.norm2, self.norm3 = nn.LayerNorm(dim), nn.LayerNorm(dim), nn.LayerNorm(dim)
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor, backend: str | None) -> torch.Tensor:
-        x = self.attn1(self.norm1(x), backend=backend) + x
+    def forward(self, x: torch.Tensor, context: torch.Tensor, backend: str | None,
+                hooks: Attn1Hooks | None = None) -> torch.Tensor:
+        if hooks is None:
+            x = self.attn1(self.norm1(x), backend=backend) + x
+        else:
+            x = self.attn1.forward_hooked(self.norm1(x), hooks, backend) + x
         x = self.attn2(self.norm2(x), context, backend=backend) + x
         return self.ff(self.norm3(x)) + x
 
@@ -135,14 +167,16 @@ class SpatialTransformer(nn.Module):
         )
         self.proj_out = nn.Linear(inner, channels) if use_linear else nn.Conv2d(inner, channels, 1)
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor, backend: str | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, context: torch.Tensor, backend: str | None = None,
+                opts: dict[str, Any] | None = None) -> torch.Tensor:
         b, c, h, w = x.shape
         tokens = self.norm(x).flatten(2).transpose(1, 2)  # [B, h*w, C] (a view; proj_in makes it contiguous)
         # proj_in/proj_out run as Linear over pixels in both layouts (a 1x1 conv is exactly that). The result is made
         # contiguous again: channels-last activations would make every later oneDNN conv re-lay out its weight.
         tokens = F.linear(tokens, self.proj_in.weight.flatten(1), self.proj_in.bias)
-        for block in self.transformer_blocks:
-            tokens = block(tokens, context, backend)
+        hooked = opts is not None and _has_attn1_hooks(opts)
+        for index, block in enumerate(self.transformer_blocks):
+            tokens = block(tokens, context, backend, _attn1_hooks(opts, index) if hooked else None)
         tokens = F.linear(tokens, self.proj_out.weight.flatten(1), self.proj_out.bias)  # [B, h*w, C]
         return tokens.transpose(1, 2).reshape(b, c, h, w).contiguous() + x
 
@@ -193,12 +227,12 @@ class TimestepBlock(nn.Sequential):
     """A numbered block of the UNet (input_blocks.N / middle_block / output_blocks.N): runs each layer with the
     inputs it needs."""
 
-    def forward(self, x, emb, context, backend=None, out_size=None):  # type: ignore[override]
+    def forward(self, x, emb, context, backend=None, out_size=None, opts=None):  # type: ignore[override]
         for layer in self:
             if isinstance(layer, ResBlock):
                 x = layer(x, emb)
             elif isinstance(layer, SpatialTransformer):
-                x = layer(x, context, backend)
+                x = layer(x, context, backend, opts)
             elif isinstance(layer, Upsample):
                 x = layer(x, out_size)
             else:
@@ -285,6 +319,12 @@ class UNetModel(nn.Module):
         `control` = {"input": [...], "middle": [...], "output": [...]} residuals, consumed from the END of each list as
         ComfyUI's UNet does: "input" after every input block, "middle" after the middle block, "output" on every skip
         tensor as it is popped (so "output"[i] belongs to input block i). Missing/None entries are skipped.
+
+        `transformer_options` may carry ComfyUI's patch points: "patches": {"input_block_patch",
+        "input_block_patch_after_skip": [fn(h, opts) -> h], "output_block_patch": [fn(h, skip, opts) -> (h, skip)],
+        "attn1_patch", "attn1_output_patch" (see `Attn1Hooks`)} and "patches_replace": {"attn1": {(block, id[, index]):
+        fn(q, k, v, opts) -> out}}; the opts they get hold "block" = ("input" | "middle" | "output", id) and
+        "original_shape". Without patches nothing extra runs.
         """
         opts = transformer_options or {}
         backend = opts.get("attention_backend")
@@ -294,18 +334,58 @@ class UNetModel(nn.Module):
             if y is None or y.shape[0] != x.shape[0]:
                 raise ValueError(f"this UNet needs y [B={x.shape[0]}, {self.config.adm_in_channels}] (ADM input)")
             emb = emb + self.label_emb(y.to(x.dtype))
+        patches = opts.get("patches") or {}
+        # per-block options only when something reads them (patches): the plain path stays as it was
+        block_opts = {**opts, "original_shape": list(x.shape)} if patches or opts.get("patches_replace") else None
         skips: list[torch.Tensor] = []
         h = x
-        for block in self.input_blocks:
-            h = _add_control(block(h, emb, context, backend), ctrl, "input")
+        for index, block in enumerate(self.input_blocks):
+            if block_opts is not None:
+                block_opts["block"] = ("input", index)
+            h = _add_control(block(h, emb, context, backend, None, block_opts), ctrl, "input")
+            h = _run_patches(patches.get("input_block_patch"), h, block_opts)
             skips.append(h)
-        h = _add_control(self.middle_block(h, emb, context, backend), ctrl, "middle")
-        for block in self.output_blocks:
+            h = _run_patches(patches.get("input_block_patch_after_skip"), h, block_opts)
+        if block_opts is not None:
+            block_opts["block"] = ("middle", 0)
+        h = _add_control(self.middle_block(h, emb, context, backend, None, block_opts), ctrl, "middle")
+        for index, block in enumerate(self.output_blocks):
+            if block_opts is not None:
+                block_opts["block"] = ("output", index)
             skip = _add_control(skips.pop(), ctrl, "output")
+            for patch in patches.get("output_block_patch", ()):
+                h, skip = patch(h, skip, block_opts)
             h = torch.cat([h, skip], dim=1)
             out_size = tuple(skips[-1].shape[-2:]) if skips else None
-            h = block(h, emb, context, backend, out_size)
+            h = block(h, emb, context, backend, out_size, block_opts)
         return self.out(h.to(x.dtype))
+
+
+def _run_patches(fns: list[Callable] | None, h: torch.Tensor, opts: dict[str, Any] | None) -> torch.Tensor:
+    """ComfyUI's "input_block_patch" / "input_block_patch_after_skip" contract: h = fn(h, transformer_options)."""
+    for fn in fns or ():
+        h = fn(h, opts)
+    return h
+
+
+def _has_attn1_hooks(opts: dict[str, Any]) -> bool:
+    patches = opts.get("patches", {})
+    return bool(opts.get("patches_replace", {}).get("attn1") or patches.get("attn1_patch")
+                or patches.get("attn1_output_patch"))
+
+
+def _attn1_hooks(opts: dict[str, Any], index: int) -> Attn1Hooks | None:
+    """The self-attention hooks of transformer `index` in the current block. A "patches_replace"["attn1"] function
+    is keyed (block name, block id, index) or, for every transformer of the block, (block name, block id)."""
+    patches, block = opts.get("patches", {}), opts.get("block")
+    replaces = opts.get("patches_replace", {}).get("attn1", {})
+    replace = None
+    if block is not None and replaces:
+        replace = replaces.get((block[0], block[1], index)) or replaces.get(tuple(block))
+    before, after = patches.get("attn1_patch", []), patches.get("attn1_output_patch", [])
+    if replace is None and not before and not after:
+        return None
+    return Attn1Hooks(before, replace, after, {**opts, "block_index": index})
 
 
 def _add_control(h: torch.Tensor, control: dict[str, list], name: str) -> torch.Tensor:

@@ -19,6 +19,7 @@ from comfy_core.sampling.noise import NoiseSampler
 
 # model_options keys, named as in ComfyUI so that model_options built by ComfyUI-style custom nodes keep working.
 POST_CFG_FUNCTIONS = "sampler_post_cfg_function"
+CFG_FUNCTION = "sampler_cfg_function"  # replaces the CFG combine itself (RescaleCFG); works in eps space
 DISABLE_CFG1_OPTIMIZATION = "disable_cfg1_optimization"
 
 Callback = Callable[[dict[str, Any]], None]
@@ -165,8 +166,9 @@ class UncondCapture:
 
 def guidance_is_plain(model_options: Mapping[str, Any]) -> bool:
     """Whether the guided prediction under these model_options is exactly uncond + cfg·(cond − uncond), so a sampler
-    may combine cond/uncond itself (no post-CFG hooks, which may replace the result or capture its parts)."""
-    return not model_options.get(POST_CFG_FUNCTIONS)
+    may combine cond/uncond itself (no custom CFG function, no post-CFG hooks, which may replace the result or
+    capture its parts)."""
+    return not model_options.get(POST_CFG_FUNCTIONS) and model_options.get(CFG_FUNCTION) is None
 
 
 def guided_prediction(model: Denoiser, x: torch.Tensor, sigma: torch.Tensor,

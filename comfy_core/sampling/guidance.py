@@ -10,8 +10,11 @@ blended back with their masks/strengths:  pred = Σ out·mult / Σ mult  per lis
 
     denoised = uncond + cfg · (cond − uncond)
 
-followed by `model_options["sampler_post_cfg_function"]` hooks (CFG++ samplers). At cfg 1 the negative list is skipped
-unless `disable_cfg1_optimization` is set.
+A `model_options["sampler_cfg_function"]` replaces that combine (RescaleCFG). As in ComfyUI it works in eps space:
+its args "cond"/"uncond" are the noise predictions x − D (plus "cond_denoised"/"uncond_denoised", "cond_scale",
+"sigma" = "timestep", "input", "model", "model_options") and it returns the guided noise, so denoised = x − fn(args).
+Then come the `model_options["sampler_post_cfg_function"]` hooks (CFG++ samplers, PAG, epsilon scaling). At cfg 1
+the negative list is skipped unless `disable_cfg1_optimization` is set (its prediction is then zeros).
 
 ControlNet contract: an entry's extras may carry `"control"`, an object with
 `get_control(x, sigma, conds: dict, cond_or_uncond: list[int]) -> {"input": [...], "middle": [...], "output": [...]}`
@@ -26,7 +29,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .common import DISABLE_CFG1_OPTIMIZATION, POST_CFG_FUNCTIONS, GuidedPrediction, guidance_is_plain
+from .common import (
+    CFG_FUNCTION,
+    DISABLE_CFG1_OPTIMIZATION,
+    POST_CFG_FUNCTIONS,
+    GuidedPrediction,
+    guidance_is_plain,
+)
 
 POSITIVE, NEGATIVE = 0, 1
 AREA_FEATHER = 8  # latent pixels over which an area's edges fade in (ComfyUI's "fuzz")
@@ -242,12 +251,23 @@ class CFGDenoiser:
                  **_: Any) -> torch.Tensor:
         options = {**self.model.model_options, **(model_options or {})}
         cond, uncond, _skipped = self._predict(x, sigma, options)
-        denoised = uncond + (cond - uncond) * self.cfg
+        denoised = self._combine(cond, uncond, x, sigma, options)
         for hook in options.get(POST_CFG_FUNCTIONS, []):
             denoised = hook({"denoised": denoised, "cond": self.positive, "uncond": self.negative,
                              "model": self.model, "uncond_denoised": uncond, "cond_denoised": cond,
                              "sigma": sigma, "model_options": options, "input": x, "cond_scale": self.cfg})
         return denoised
+
+    def _combine(self, cond: torch.Tensor, uncond: torch.Tensor, x: torch.Tensor, sigma: torch.Tensor,
+                 options: dict[str, Any]) -> torch.Tensor:
+        """uncond + cfg·(cond − uncond), or the model's custom CFG function on eps-space predictions."""
+        cfg_function = options.get(CFG_FUNCTION)
+        if cfg_function is None:
+            return uncond + (cond - uncond) * self.cfg
+        args = {"cond": x - cond, "uncond": x - uncond, "cond_scale": self.cfg, "timestep": sigma, "input": x,
+                "sigma": sigma, "cond_denoised": cond, "uncond_denoised": uncond, "model": self.model,
+                "model_options": options}
+        return x - cfg_function(args)
 
 
 class InpaintDenoiser:
