@@ -204,3 +204,20 @@ def test_split_then_join_round_trips():
     image, mask = ops.SplitImageWithAlpha().split_image_with_alpha(rgba)
     (joined,) = ops.JoinImageWithAlpha().join_image_with_alpha(image, mask)
     assert torch.allclose(joined, rgba, atol=1e-6)
+
+
+@pytest.mark.parametrize(("expand", "tapered"), [(3, True), (-2, True), (2, False), (-3, False)])
+def test_grow_mask_matches_scipy_grey_morphology(expand, tapered):
+    ndimage = pytest.importorskip("scipy.ndimage")  # what ComfyUI's GrowMask runs
+    np = pytest.importorskip("numpy")
+    masks = torch.rand((2, 9, 11), generator=torch.Generator().manual_seed(expand))
+    c = 0 if tapered else 1
+    footprint = np.array([[c, 1, c], [1, 1, 1], [c, 1, c]])
+    step = ndimage.grey_dilation if expand > 0 else ndimage.grey_erosion
+    expected = []
+    for m in masks.numpy():
+        for _ in range(abs(expand)):
+            m = step(m, footprint=footprint)
+        expected.append(torch.from_numpy(m))
+    (out,) = ops.GrowMask().expand_mask(masks, expand, tapered)
+    assert torch.equal(out, torch.stack(expected))
