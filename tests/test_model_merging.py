@@ -296,17 +296,18 @@ def test_checkpoint_save_round_trip(ctx, family):
 
 
 def test_model_save_vae_save_and_v_prediction(ctx):
-    fm.write_checkpoint(_models(ctx) / "checkpoints" / "v.safetensors", "sd2", v_pred_key=True)
+    sd = fm.checkpoint_state_dict("sd2", v_pred_key=True)
+    fm.write(_models(ctx) / "checkpoints" / "v.safetensors", {**sd, "ztsnr": torch.tensor([])})
     model, _, vae = loaders.CheckpointLoaderSimple().load_checkpoint("v.safetensors")
     (scaled,) = mm.UNetCrossAttentionMultiply().patch(model, 1.5, 1.0, 1.0, 0.5)
     mm.ModelSave().save(scaled, "diffusion_models/ComfyUI")
     path = _out(ctx) / "diffusion_models" / "ComfyUI_00001_.safetensors"
     keys, meta = _read(path)
-    assert "v_pred" in keys and all(k.startswith("model.diffusion_model.") for k in keys - {"v_pred"})
+    assert {"v_pred", "ztsnr"} <= keys and all(k.startswith(fm.UNET_PREFIX) for k in keys - {"v_pred", "ztsnr"})
     assert meta["modelspec.predict_key"] == "v" and meta["prompt"] == ""
     shutil.copy(path, _models(ctx) / "diffusion_models" / "u.safetensors")
     (back,) = loaders.UNETLoader().load_unet("u.safetensors", "default")
-    assert back.spec.prediction == "v"
+    assert back.spec.prediction == "v" and back.spec.ztsnr
     x, c = torch.randn(1, 4, 8, 8), torch.randn(1, 77, fixtures_text.CLIP_H_WIDTH)
     assert torch.allclose(back.apply_model(x, torch.tensor([3.0]), context=c),
                           scaled.apply_model(x, torch.tensor([3.0]), context=c), atol=1e-5)
@@ -370,3 +371,25 @@ def test_merge_and_save_workflow_in_the_engine(tmp_path):
         assert torch.equal(f.get_tensor(k), a[k].float() * 0.5 + 0.5 * b[k].float())
         t = "cond_stage_model.transformer.text_model.final_layer_norm.weight"
         assert torch.equal(f.get_tensor(t), (a[t].float() + b[t].float()).half())
+
+
+def test_clip_save_sd2_openclip_h_in_hf_names(ctx):
+    """(A tiny ViT-H stand-in in HF names reads back as CLIP-L: detection goes by layer count, as in ComfyUI, so the
+    tensors are checked one by one against the OpenCLIP originals instead.)"""
+    fm.write_checkpoint(_models(ctx) / "checkpoints" / "h.safetensors", "sd2")
+    _, clip, _ = loaders.CheckpointLoaderSimple().load_checkpoint("h.safetensors")
+    mm.CLIPSave().save(clip, "clip/sd2")
+    src = fixtures_text.tiny_sd2_text()
+    pre, c = "cond_stage_model.model.", fixtures_text.CLIP_H_WIDTH
+    with safe_open(str(_out(ctx) / "clip" / "sd2_clip_h_00001_.safetensors"), "pt") as f:
+        assert len(list(f.keys())) == len([k for k in src if not k.endswith("logit_scale")]) + 2 * 2 * 3  # qkv split
+        for i in range(3):
+            fused = src[f"{pre}transformer.resblocks.{i}.attn.in_proj_weight"]
+            for j, n in enumerate("qkv"):
+                got = f.get_tensor(f"text_model.encoder.layers.{i}.self_attn.{n}_proj.weight")
+                assert torch.equal(got, fused[j * c:(j + 1) * c])
+            assert torch.equal(f.get_tensor(f"text_model.encoder.layers.{i}.mlp.fc2.bias"),
+                               src[f"{pre}transformer.resblocks.{i}.mlp.c_proj.bias"])
+        assert torch.equal(f.get_tensor("text_projection.weight"), src[pre + "text_projection"].t())
+        assert torch.equal(f.get_tensor("text_model.embeddings.position_embedding.weight"),
+                           src[pre + "positional_embedding"])

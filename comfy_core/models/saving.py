@@ -37,11 +37,14 @@ def _copy(sd: dict[str, torch.Tensor], prefix: str = "", dtype: torch.dtype | No
 
 
 def unet_state_dict(model: DiffusionModel) -> dict[str, torch.Tensor]:
-    """`model.diffusion_model.*` with the MODEL's patches applied; a `v_pred` marker for v-prediction models."""
+    """`model.diffusion_model.*` with the MODEL's patches applied; `v_pred` (and `ztsnr`) markers for v-prediction
+    models, which the loaders read back."""
     with model.patched_unet() as unet:
         sd = _copy(unet.state_dict(), UNET_PREFIX)
     if model.spec.prediction == "v":
         sd["v_pred"] = torch.tensor([])
+        if model.spec.ztsnr:
+            sd["ztsnr"] = torch.tensor([])
     return sd
 
 

@@ -243,7 +243,7 @@ class ModelSave(_Save):
         return {}
 
 
-_CLIP_FILE_SUFFIX = {"l": "_clip_l", "g": "_clip_g"}  # ComfyUI names one file per encoder like this
+_CLIP_FILE_SUFFIX = {"l": "_clip_l", "g": "_clip_g", "h": "_clip_h"}  # ComfyUI's one file per encoder
 
 
 class CLIPSave(_Save):
