@@ -393,3 +393,17 @@ def test_clip_save_sd2_openclip_h_in_hf_names(ctx):
         assert torch.equal(f.get_tensor("text_projection.weight"), src[pre + "text_projection"].t())
         assert torch.equal(f.get_tensor("text_model.embeddings.position_embedding.weight"),
                            src[pre + "positional_embedding"])
+
+
+@pytest.mark.cuda
+def test_merge_across_devices_casts_the_other_weight():
+    """model1 on CUDA in fp16, model2 on the CPU in fp32: model2's weight is cast to float32 on model1's device."""
+    m1 = build_diffusion_model(TensorDict(fm.checkpoint_state_dict("sd1", text=False, vae=False, seed=0)),
+                               device="cuda", dtype=torch.float16, source="gpu")
+    m2 = tiny(seed=1)
+    w1, w2 = raw(m1), raw(m2)
+    (merged,) = mm.ModelMergeSimple().merge(m1, m2, 0.3)
+    got = weights(merged)
+    k = "out.2.weight"
+    assert got[k].device.type == "cuda" and got[k].dtype == torch.float16
+    assert torch.equal(got[k], (w1[k].float() * 0.3 + 0.7 * w2[k].cuda()).half())
