@@ -441,3 +441,68 @@ def test_hypertile_node_on_a_unet(model):
     assert out.shape == base.shape and not torch.allclose(out, base, atol=1e-4)
     assert "attn1_patch" in tiled.model_options["transformer_options"]["patches"]
     assert "patches" not in model.model_options["transformer_options"]
+
+
+# -- Self-attention guidance -------------------------------------------------------------------------------------------
+def test_sag_gaussian_blur_spreads_a_delta_by_the_kernel():
+    from comfy_core.models.unet_patches import sag_gaussian_blur
+
+    img = torch.zeros(1, 2, 12, 12)
+    img[0, 1, 6, 5] = 1.0
+    out = sag_gaussian_blur(img, 2.0)
+    pdf = np.exp(-0.5 * (np.arange(-4, 5) / 2.0) ** 2)
+    kernel = np.outer(pdf, pdf) / pdf.sum() ** 2
+    np.testing.assert_allclose(out[0, 1, 2:11, 1:10].numpy(), kernel, rtol=1e-5, atol=1e-7)
+    assert torch.count_nonzero(out[0, 0]) == 0 and float(out.sum()) == pytest.approx(1.0, rel=1e-5)
+    flat = torch.full((1, 1, 6, 6), 0.3)
+    torch.testing.assert_close(sag_gaussian_blur(flat, 1.5), flat)
+
+
+def test_sag_blur_map_blurs_where_attention_concentrates():
+    from comfy_core.models.unet_patches import sag_blur_map, sag_gaussian_blur
+
+    x0 = torch.randn(1, 4, 8, 16)
+    probs = torch.zeros(2, 8, 8)  # 2 heads, 8 tokens = a 2 x 4 grid for an 8 x 16 latent
+    probs[:, :, 1] = 1.0  # every query attends to token 1 only: total attention 8 > 1 there
+    out = sag_blur_map(x0, probs, 1.0)
+    blurred = sag_gaussian_blur(x0, 1.0)
+    mask = torch.zeros(8, 16)
+    mask[0:4, 4:8] = 1.0  # token 1 = row 0, column 1 of the 2 x 4 grid, each cell 4 x 4 latent pixels
+    torch.testing.assert_close(out, blurred * mask + x0 * (1 - mask))
+
+
+def test_attention_with_probs_matches_sdpa():
+    from comfy_core.models.unet_patches import attention_with_probs
+
+    q, k, v = torch.randn(3, 2, 6, 24).unbind(0)
+    out, probs = attention_with_probs(q, k, v, heads=3)
+    ref = torch.nn.functional.scaled_dot_product_attention(
+        *(t.view(2, 6, 3, 8).transpose(1, 2) for t in (q, k, v))).transpose(1, 2).reshape(2, 6, 24)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    assert probs.shape == (6, 6, 6)
+    torch.testing.assert_close(probs.sum(-1), torch.ones(6, 6))
+
+
+def test_sag_node_records_uncond_attention_and_guides(model):
+    from comfy_core.models.unet_patches import sag_blur_map
+    from comfy_core.sampling.guidance import calc_cond_batch
+
+    x, _ = _inputs(batch=1, size=16)
+    sigma = torch.tensor([2.0])
+    plain = _guider(model)(x, sigma)
+    (off,) = mp.SelfAttentionGuidance().patch(model, 0.0, 2.0)
+    torch.testing.assert_close(_guider(off)(x, sigma), plain, rtol=1e-5, atol=1e-5)
+    assert "patches_replace" not in model.model_options["transformer_options"]
+    (patched,) = mp.SelfAttentionGuidance().patch(model, 0.8, 2.0)
+    hooks = patched.model_options["transformer_options"]["patches_replace"]["attn1"][("middle", 0, 0)].__self__
+    guider = _guider(patched)
+    cond, uncond, _ = guider._predict(x, sigma, patched.model_options)
+    scores = hooks.scores  # 8 heads x 1 row of the uncond chunk, middle block at 8 x 8 = 64 tokens
+    assert scores.shape == (8, 64, 64)
+    degraded = sag_blur_map(uncond, scores, 2.0)
+    (again,) = calc_cond_batch(patched, [guider.negative], degraded + x - uncond, sigma, patched.model_options)
+    expected = uncond + (cond - uncond) * guider.cfg + (degraded - again) * 0.8
+    torch.testing.assert_close(guider(x, sigma), expected, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(expected, plain, atol=1e-4)
+    with pytest.raises(ComfyCoreError):
+        mp.SelfAttentionGuidance().patch(model, 0.5, 0.0)

@@ -1,5 +1,5 @@
 """Patches a MODEL carries in its model_options, in ComfyUI's format, and the UNet/guidance hooks of the model-patch
-nodes (FreeU, Kohya deep shrink, perturbed-attention guidance, HyperTile).
+nodes (FreeU, Kohya deep shrink, perturbed-attention guidance, HyperTile, self-attention guidance).
 
 model_options layout (what `UNetModel.forward` and `CFGDenoiser` read):
     model_options["transformer_options"]["patches"][name] = [fn, ...]     name: input_block_patch, output_block_patch, ...
@@ -167,3 +167,87 @@ class HyperTilePatches:
         # [B*nh*nw, h'*w', C] -> [B, nh*h'*nw*w', C]
         out = out.reshape(-1, nh, nw, h // nh, w // nw, c).permute(0, 1, 3, 2, 4, 5)
         return out.reshape(out.shape[0], -1, c)
+
+
+# -- Self-attention guidance (Hong et al. 2023) --------------------------------------------------------------------------
+SAG_KERNEL_SIZE = 9
+SAG_THRESHOLD = 1.0
+
+
+def sag_gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """9x9 Gaussian blur in pixel units (pdf over -4..4, normalised), reflect border, per channel of [B, C, H, W]."""
+    from ..image_filters import (
+        _reflect_conv,  # the depthwise reflect-padded correlation of the image filters
+    )
+
+    half = (SAG_KERNEL_SIZE - 1) * 0.5
+    pdf = torch.exp(-0.5 * (torch.linspace(-half, half, SAG_KERNEL_SIZE) / sigma) ** 2)
+    kernel = pdf / pdf.sum()
+    return _reflect_conv(x, torch.outer(kernel, kernel), SAG_KERNEL_SIZE // 2)
+
+
+def sag_blur_map(x0: torch.Tensor, attn: torch.Tensor, sigma: float, threshold: float = SAG_THRESHOLD) -> torch.Tensor:
+    """Blur x0 [B, C, H, W] where the recorded self-attention [B*heads, S, S] puts more than `threshold` total
+    attention (averaged over heads, summed over queries) on a key position; keep x0 elsewhere."""
+    tokens = attn.shape[-1]
+    b, _, height, width = x0.shape
+    mask = attn.reshape(b, -1, attn.shape[-2], tokens).mean(1).sum(1) > threshold  # [B, S]
+    rows = _token_rows(tokens, height / width)
+    mask = mask.reshape(b, rows, tokens // rows).unsqueeze(1).to(attn.dtype)  # [B, 1, rows, cols]
+    mask = torch.nn.functional.interpolate(mask, (height, width))  # nearest
+    return sag_gaussian_blur(x0, sigma) * mask + x0 * (1 - mask)
+
+
+def _token_rows(tokens: int, aspect: float) -> int:
+    """Rows of the token grid: the divisor of `tokens` nearest sqrt(tokens·H/W), searching outwards (as ComfyUI)."""
+    guess = round(math.sqrt(aspect * tokens))
+    for i in range(math.floor(math.sqrt(tokens) / 2)):
+        for rows in (guess + i, max(1, guess - i)):
+            if tokens % rows == 0:
+                return rows
+    raise ValueError(f"cannot lay {tokens} attention tokens out on a grid near aspect {aspect:g}")
+
+
+def attention_with_probs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                         heads: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Plain attention on [B, S, H*D] that also returns the float32 probabilities [B*H, S, T] (row b*H + h)."""
+    b, s, inner = q.shape
+    d = inner // heads
+    q, k, v = (t.reshape(b, -1, heads, d).transpose(1, 2).reshape(b * heads, -1, d) for t in (q, k, v))  # [B*H, S, D]
+    probs = ((q.float() @ k.float().transpose(1, 2)) * d**-0.5).softmax(dim=-1)
+    out = (probs.to(v.dtype) @ v).reshape(b, heads, s, d).transpose(1, 2).reshape(b, s, inner)
+    return out, probs
+
+
+class SelfAttentionGuidancePatches:
+    """The middle block's first self-attention records its probabilities on the unconditional rows; after CFG the
+    uncond x0 is blurred where that attention concentrates, re-predicted, and scale·(blurred − re-predicted) added."""
+
+    def __init__(self, scale: float, blur_sigma: float):
+        self.scale, self.blur_sigma = scale, blur_sigma
+        self.scores: torch.Tensor | None = None  # [B*heads, S, S] of the last uncond pass
+
+    def attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, extra: Mapping[str, Any]) -> torch.Tensor:
+        heads, which = extra["n_heads"], list(extra.get("cond_or_uncond", ()))
+        if 1 not in which:  # NEGATIVE = 1: no unconditional rows in this call
+            b, s, inner = q.shape
+            q, k, v = (t.reshape(b, -1, heads, inner // heads).transpose(1, 2) for t in (q, k, v))  # [B, H, S, D]
+            out = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+            return out.transpose(1, 2).reshape(b, s, inner)
+        out, probs = attention_with_probs(q, k, v, heads)
+        rows = heads * (q.shape[0] // len(which))  # rows of one chunk: [chunk0 rows, chunk1 rows, ...]
+        start = rows * which.index(1)
+        self.scores = probs[start:start + rows]
+        return out
+
+    def post_cfg(self, args: dict[str, Any]) -> torch.Tensor:
+        from ..sampling.guidance import calc_cond_batch  # lazy: sampling imports models
+
+        denoised = args["denoised"]
+        if min(denoised.shape[2:]) <= SAG_KERNEL_SIZE // 2 or self.scores is None:  # too small to pad, or no record
+            return denoised
+        uncond_x0, x = args["uncond_denoised"], args["input"]
+        degraded = sag_blur_map(uncond_x0, self.scores, self.blur_sigma)
+        (repredicted,) = calc_cond_batch(args["model"], [args["uncond"]], degraded + x - uncond_x0, args["sigma"],
+                                         args["model_options"])
+        return denoised + (degraded - repredicted) * self.scale

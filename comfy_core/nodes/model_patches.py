@@ -1,5 +1,5 @@
 """Model patch nodes: sampling overrides and CFG hooks (ComfyUI's comfy_extras.nodes_model_advanced) and UNet patches
-(nodes_freelunch, nodes_pag, nodes_model_downscale, nodes_eps, nodes_hypertile).
+(nodes_freelunch, nodes_pag, nodes_model_downscale, nodes_eps, nodes_hypertile) and nodes_sag.
 
 Each node returns a clone of its MODEL (shared UNet weights) whose `model_sampling`, `latent_format` or
 `model_options` differ; the input MODEL is never changed, so cached upstream outputs stay valid.
@@ -21,10 +21,12 @@ from ..models.sampling_variants import (
 )
 from ..models.unet_patches import (
     HyperTilePatches,
+    SelfAttentionGuidancePatches,
     add_block_patch,
     downscale_patches,
     freeu_patch,
     pag_post_cfg,
+    with_attn1_replace,
 )
 from ..sampling.common import CFG_FUNCTION, with_post_cfg_function
 from ..upscale import UPSCALE_METHODS
@@ -263,6 +265,27 @@ class HyperTile(_ModelPatchV3):
         return (m,)
 
 
+# -- _for_testing -------------------------------------------------------------------------------------------------------
+class SelfAttentionGuidance(_ModelPatchV3):
+    CATEGORY = "_for_testing"
+    RELATIVE_PYTHON_MODULE = "comfy_extras.nodes_sag"
+    EXPERIMENTAL = True
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"model": cls.MODEL_INPUT, "scale": _float(0.5, -2.0, 5.0, 0.01),
+                             "blur_sigma": _float(2.0, 0.0, 10.0, 0.1)}}
+
+    def patch(self, model, scale: float, blur_sigma: float):
+        if blur_sigma <= 0:
+            raise ComfyCoreError(f"blur_sigma must be > 0, got {blur_sigma}")
+        hooks = SelfAttentionGuidancePatches(float(scale), float(blur_sigma))
+        m = model.clone()
+        options = with_post_cfg_function(m.model_options, hooks.post_cfg, disable_cfg1_optimization=True)
+        m.model_options = with_attn1_replace(options, hooks.attention, "middle", 0, 0)
+        return (m,)
+
+
 # -- helpers -----------------------------------------------------------------------------------------------------------
 def _choice(options: dict[str, Any], value: str, name: str) -> Any:
     if value not in options:
@@ -295,7 +318,9 @@ NODE_CLASS_MAPPINGS = {
     "PatchModelAddDownscale": PatchModelAddDownscale,
     "Epsilon Scaling": EpsilonScaling,
     "HyperTile": HyperTile,
+    "SelfAttentionGuidance": SelfAttentionGuidance,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
     "PatchModelAddDownscale": "PatchModelAddDownscale (Kohya Deep Shrink)",
+    "SelfAttentionGuidance": "Self-Attention Guidance",
 }
