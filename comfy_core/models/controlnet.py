@@ -390,8 +390,12 @@ def controlnet_from_state_dict(sd: Mapping[str, torch.Tensor], *, source: str = 
     if prefix is None and is_diffusers_controlnet(sd):
         sd, prefix = controlnet_from_diffusers(sd, source), ""
     if prefix is None:
-        raise ModelLoadError(f"{source}: not a ControlNet (no zero_convs.0.0.weight, control_model.* or "
-                             "lora_controlnet key); T2I-adapters are not supported")
+        from .t2i_adapter import is_t2i_adapter, t2i_adapter_from_state_dict  # imports this module
+
+        if is_t2i_adapter(sd):
+            return t2i_adapter_from_state_dict(sd, source=source, device=device, dtype=dtype)
+        raise ModelLoadError(f"{source}: not a ControlNet or T2I-Adapter (no zero_convs.0.0.weight, control_model.*, "
+                             "lora_controlnet, conv_in + body.* or adapter.* keys)")
     tensors = {k: sd[k] for k in sd if k.startswith(prefix) or k == "difference"}
     if "difference" in tensors:
         add_difference(tensors, prefix, model, source)
