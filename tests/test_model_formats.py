@@ -251,3 +251,22 @@ def test_unknown_and_broken_layouts_are_load_errors(tmp_path):
     vae["decoder.mid_block.attentions.0.to_q.weight"] = torch.zeros(3, 5)
     with pytest.raises(ModelLoadError, match="attn_1.q"):
         ModelCache().load_vae(fm.write(tmp_path / "badvae.safetensors", vae))
+
+
+# ------------------------------------------------------------------------------------------------ ztsnr
+
+
+@pytest.mark.parametrize("family,v_pred,zsnr", [("sdxl", True, True), ("sdxl", False, False), ("sd1", True, False)])
+def test_ztsnr_marker_gives_zero_terminal_snr_sampling(tmp_path, family, v_pred, zsnr):
+    sd = fm.checkpoint_state_dict(family, text=False, vae=False, v_pred_key=v_pred)
+    sd["ztsnr"] = torch.tensor([])
+    model = ModelCache().load_unet(fm.write(tmp_path / "z.safetensors", sd))
+    ms = model.model_sampling
+    last = 4.8973451890853435e-08  # ComfyUI's alphā at the last step of a zero-terminal-SNR schedule
+    if zsnr:
+        assert ms.sigma_max.item() == pytest.approx(((1 - last) / last) ** 0.5, rel=1e-5)  # ~4518.8
+        assert ms.sigmas[0].item() == pytest.approx(0.029167, rel=1e-3)  # the first step keeps its SNR
+        assert ms.prediction == "v"
+    else:
+        assert ms.sigma_max.item() == pytest.approx(14.6146, rel=1e-4)  # the plain SD schedule
+    assert model.clone().model_sampling is ms

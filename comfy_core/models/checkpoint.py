@@ -24,6 +24,7 @@ from .detect import (
 from .diffusers_layout import is_diffusers_unet, is_diffusers_vae, unet_from_diffusers, vae_from_diffusers
 from .diffusion import DiffusionModel
 from .fp8 import cast_on_forward, is_fp8, stored_fp8_dtype
+from .sampling_variants import DiscreteSampling
 from .state_dict import PrefixView, StateDict, materialize, open_state_dict
 from .text_encoders import load_clip_from_state_dict
 from .unet import UNetModel
@@ -64,6 +65,9 @@ def build_diffusion_model(
         # UNet's weights, so any noise_augmentor.data_mean/data_std in the file are ignored: mean 0, std 1.
         augmentor = NoiseAugmentor(spec.unet.adm_in_channels // 2)
     model = DiffusionModel(unet, spec, source=source, noise_augmentor=augmentor)
+    if spec.ztsnr and spec.family == "sdxl" and spec.prediction == "v":
+        # ComfyUI honours the `ztsnr` marker only on SDXL-type v-prediction files (its SDXL.model_type)
+        model.model_sampling = DiscreteSampling("v", zsnr=True)
     log.info("loaded %s UNet (%s, %s weights, %s compute) from %s", spec.comfy_name, spec.prediction, held, dtype,
              source)
     return model
