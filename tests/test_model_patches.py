@@ -506,3 +506,51 @@ def test_sag_node_records_uncond_attention_and_guides(model):
     assert not torch.allclose(expected, plain, atol=1e-4)
     with pytest.raises(ComfyCoreError):
         mp.SelfAttentionGuidance().patch(model, 0.5, 0.0)
+
+
+# -- Differential diffusion --------------------------------------------------------------------------------------------
+class _IdentityGuider:
+    """Stands in for CFGDenoiser: predicts x itself, carries a MODEL's options and schedule."""
+
+    def __init__(self, model):
+        self.model, self.model_sampling = model, model.model_sampling
+
+    def __call__(self, x, sigma, **kwargs):
+        return x
+
+
+def _nearest_timestep(sigma: float) -> int:
+    return int(np.abs(np.log(_default_sigmas64().astype(np.float32)) - np.log(np.float32(sigma))).argmin())
+
+
+def test_differential_mask_thresholds_by_timestep_progress(model):
+    fn = mp.differential_mask_function(1.0)
+    guider = _IdentityGuider(model)
+    sigmas = torch.tensor([10.0, 3.0, 1.0, 0.0])
+    mask = torch.tensor([0.0, 0.2, 0.5, 0.8, 1.0]).view(1, 1, 1, 5)
+    ms = model.model_sampling
+    assert torch.equal(fn(sigmas[:1], mask, {"model": guider, "sigmas": sigmas}), (mask >= 1.0).float())
+    at_end = fn(ms.sigma_min.reshape(1), mask, {"model": guider, "sigmas": sigmas})
+    assert torch.equal(at_end, torch.ones_like(mask))
+    t_from, t_to, t_now = _nearest_timestep(10.0), _nearest_timestep(float(ms.sigma_min)), _nearest_timestep(3.0)
+    threshold = (t_now - t_to) / (t_from - t_to)
+    middle = fn(torch.tensor([3.0]), mask, {"model": guider, "sigmas": sigmas})
+    assert torch.equal(middle, (mask >= threshold).float()) and 0.5 < threshold < 0.8
+    soft = mp.differential_mask_function(0.25)(torch.tensor([3.0]), mask, {"model": guider, "sigmas": sigmas})
+    torch.testing.assert_close(soft, 0.25 * middle + 0.75 * mask)
+
+
+@pytest.mark.parametrize("schedule", [True, False])
+def test_inpaint_denoiser_applies_the_differential_mask(model, schedule):
+    from comfy_core.sampling.guidance import InpaintDenoiser
+
+    (patched,) = mp.DifferentialDiffusion().patch(model)
+    mask = torch.tensor([0.0, 0.2, 0.5, 0.8, 1.0]).view(1, 1, 1, 5).expand(1, 4, 1, 5)
+    zeros = torch.zeros(1, 4, 1, 5)
+    sigmas = torch.tensor([10.0, 3.0, 1.0, 0.0])
+    denoiser = InpaintDenoiser(_IdentityGuider(patched), zeros, zeros, mask, sigmas if schedule else None)
+    assert torch.equal(denoiser(torch.ones(1, 4, 1, 5), sigmas[:1]), (mask >= 1.0).float())  # start: nothing yet
+    out = denoiser(torch.ones(1, 4, 1, 5), torch.tensor([3.0]))  # the binary mask replaces the soft one
+    assert torch.equal(out, (mask >= 0.8).float())  # threshold between 0.5 and 0.8 at sigma 3 (test above)
+    plain = InpaintDenoiser(_IdentityGuider(model), zeros, zeros, mask)
+    torch.testing.assert_close(plain(torch.ones(1, 4, 1, 5), torch.tensor([3.0])), mask * mask)

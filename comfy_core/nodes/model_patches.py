@@ -29,6 +29,7 @@ from ..models.unet_patches import (
     with_attn1_replace,
 )
 from ..sampling.common import CFG_FUNCTION, with_post_cfg_function
+from ..sampling.guidance import DENOISE_MASK_FUNCTION
 from ..upscale import UPSCALE_METHODS
 
 _SIGMA_RANGE = {"min": 0.0, "max": 1000.0, "step": 0.001, "round": False}
@@ -286,6 +287,39 @@ class SelfAttentionGuidance(_ModelPatchV3):
         return (m,)
 
 
+class DifferentialDiffusion(_ModelPatchV3):
+    CATEGORY = "_for_testing"
+    RELATIVE_PYTHON_MODULE = "comfy_extras.nodes_differential_diffusion"
+    EXPERIMENTAL = True
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"model": cls.MODEL_INPUT}, "optional": {"strength": _float(1.0, 0.0, 1.0, 0.01)}}
+
+    def patch(self, model, strength: float = 1.0):
+        m = model.clone()
+        m.model_options[DENOISE_MASK_FUNCTION] = differential_mask_function(float(strength))
+        return (m,)
+
+
+def differential_mask_function(strength: float):
+    """Differential Diffusion (Levin & Fried 2023): a pixel is inpainted only once sampling has progressed past its
+    mask value, i.e. mask >= (t - t_end)/(t_start - t_end) in timesteps; strength < 1 blends with the soft mask."""
+
+    def mask_function(sigma: torch.Tensor, mask: torch.Tensor, extra_options: dict[str, Any]) -> torch.Tensor:
+        ms = extra_options["model"].model_sampling
+        sigmas = extra_options["sigmas"]
+        sigma_to = max(ms.sigma_min, sigmas[-1])
+        t_from, t_to = ms.timestep(sigmas[0]), ms.timestep(sigma_to)
+        threshold = (ms.timestep(sigma[0]) - t_to) / (t_from - t_to)
+        binary = (mask >= threshold).to(mask.dtype)
+        if strength and strength < 1:
+            return strength * binary + (1 - strength) * mask
+        return binary
+
+    return mask_function
+
+
 # -- helpers -----------------------------------------------------------------------------------------------------------
 def _choice(options: dict[str, Any], value: str, name: str) -> Any:
     if value not in options:
@@ -319,8 +353,10 @@ NODE_CLASS_MAPPINGS = {
     "Epsilon Scaling": EpsilonScaling,
     "HyperTile": HyperTile,
     "SelfAttentionGuidance": SelfAttentionGuidance,
+    "DifferentialDiffusion": DifferentialDiffusion,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
     "PatchModelAddDownscale": "PatchModelAddDownscale (Kohya Deep Shrink)",
     "SelfAttentionGuidance": "Self-Attention Guidance",
+    "DifferentialDiffusion": "Differential Diffusion",
 }

@@ -38,6 +38,7 @@ from .common import (
 )
 
 POSITIVE, NEGATIVE = 0, 1
+DENOISE_MASK_FUNCTION = "denoise_mask_function"  # model_options key, as in ComfyUI
 AREA_FEATHER = 8  # latent pixels over which an area's edges fade in (ComfyUI's "fuzz")
 
 
@@ -273,16 +274,33 @@ class CFGDenoiser:
 class InpaintDenoiser:
     """Keeps the unmasked region on the source latent (ComfyUI's KSamplerX0Inpaint): before each call the kept
     region is re-noised to the current sigma from `noise`, after it the prediction there is the source latent.
-    It has no `predict_guided`: the blend acts on the combined prediction, so samplers call it whole."""
+    It has no `predict_guided`: the blend acts on the combined prediction, so samplers call it whole.
 
-    def __init__(self, inner: CFGDenoiser, latent_image: torch.Tensor, noise: torch.Tensor, mask: torch.Tensor):
+    A `model_options["denoise_mask_function"]` (DifferentialDiffusion) rewrites the mask at every call as
+    fn(sigma, mask, extra_options={"model": inner, "sigmas": schedule}); `sigmas` is the run's schedule. Without it
+    the schedule is taken to start at the first sigma this denoiser sees and to end at 0 (a full run)."""
+
+    def __init__(self, inner: CFGDenoiser, latent_image: torch.Tensor, noise: torch.Tensor, mask: torch.Tensor,
+                 sigmas: torch.Tensor | None = None):
         self.inner, self.latent_image, self.noise, self.mask = inner, latent_image, noise, mask
         self.model_sampling = inner.model_sampling
+        self.sigmas = sigmas
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor, **kwargs: Any) -> torch.Tensor:
-        keep = 1.0 - self.mask
+        mask = self._mask(sigma, kwargs.get("model_options"))
+        keep = 1.0 - mask
         sigma_b = sigma.reshape([sigma.shape[0]] + [1] * (x.ndim - 1))
         renoised = self.model_sampling.noise_scaling(sigma_b, self.noise, self.latent_image)
-        x = x * self.mask + renoised * keep
+        x = x * mask + renoised * keep
         out = self.inner(x, sigma, **kwargs)
-        return out * self.mask + self.latent_image * keep
+        return out * mask + self.latent_image * keep
+
+    def _mask(self, sigma: torch.Tensor, model_options: dict[str, Any] | None) -> torch.Tensor:
+        model = getattr(self.inner, "model", None)
+        options = {**getattr(model, "model_options", {}), **(model_options or {})}
+        mask_function = options.get(DENOISE_MASK_FUNCTION)
+        if mask_function is None:
+            return self.mask
+        if self.sigmas is None:
+            self.sigmas = torch.stack([sigma.reshape(-1)[0].detach(), sigma.new_zeros(())])
+        return mask_function(sigma, self.mask, extra_options={"model": self.inner, "sigmas": self.sigmas})
