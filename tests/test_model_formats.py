@@ -10,6 +10,7 @@ import fixtures_models as fm
 import fixtures_text
 import pytest
 import torch
+from fixtures_guidance import tiny_controlnet_sd, tiny_unet_config
 from safetensors.torch import save_file
 
 from comfy_core.errors import ModelLoadError
@@ -20,7 +21,6 @@ from comfy_core.models.controlnet import load_controlnet
 from comfy_core.models.diffusers_layout import unet_from_diffusers
 from comfy_core.models.lora import LoraPatch, LoraWeights
 from comfy_core.models.state_dict import TensorDict
-from fixtures_guidance import tiny_controlnet_sd, tiny_unet_config
 
 DATA = Path(__file__).parent / "data"
 
@@ -155,7 +155,7 @@ def test_diffusers_unet_names_full_size(name, nrb, levels):
     assert len(names) == len(ldm)
     view = unet_from_diffusers(dict.fromkeys(names))
     assert sorted(view) == sorted(ldm)
-    assert all(names[view._names[k]] == k for k in view)
+    assert all(names[view.names[k]] == k for k in view)
 
 
 def test_diffusers_unet_names_known_pairs():
@@ -178,7 +178,7 @@ def test_diffusers_unet_names_known_pairs():
         "out.0.weight": "conv_norm_out.weight", "out.2.bias": "conv_out.bias",
     }
     for ldm_key, d_key in pairs.items():
-        assert view._names[ldm_key] == d_key
+        assert view.names[ldm_key] == d_key
 
 
 @pytest.mark.parametrize("family", ["sd1", "sdxl"])
@@ -270,3 +270,31 @@ def test_ztsnr_marker_gives_zero_terminal_snr_sampling(tmp_path, family, v_pred,
     else:
         assert ms.sigma_max.item() == pytest.approx(14.6146, rel=1e-4)  # the plain SD schedule
     assert model.clone().model_sampling is ms
+
+
+# ------------------------------------------------------------------------------------------------ through the nodes
+
+
+def test_loader_nodes_take_the_new_formats(tmp_path):
+    from fixtures_nodes import node_context
+
+    from comfy_core import context
+    from comfy_core.nodes import controlnet as cn_nodes
+    from comfy_core.nodes import loaders
+
+    ctx = node_context(tmp_path, models=ModelCache(), device=torch.device("cpu"), dtype=torch.float32)
+    root = Path(ctx.config.models_dir)
+    ldm = fm.unet_state_dict("sd1")
+    fm.write(root / "unet" / "diffusers_unet.safetensors", fd.to_diffusers_unet(ldm, 1, 2))
+    fm.write(root / "vae" / "diffusers_vae.safetensors", fd.to_diffusers_vae(fm.vae_state_dict(), 4))
+    cfg = tiny_unet_config()
+    fm.write(root / "controlnet" / "diffusion_pytorch_model.safetensors",
+             fd.to_diffusers_unet(tiny_controlnet_sd(cfg, prefix=""), 1, 2))
+    with context.use(ctx):
+        (m8,) = loaders.UNETLoader().load_unet("diffusers_unet.safetensors", "fp8_e4m3fn")
+        (m32,) = loaders.UNETLoader().load_unet("diffusers_unet.safetensors", "default")
+        (vae,) = loaders.VAELoader().load_vae("diffusers_vae.safetensors")
+        (cn,) = cn_nodes.ControlNetLoader().load_controlnet("diffusion_pytorch_model.safetensors")
+    assert m8.memory_bytes() * 4 == m32.memory_bytes() and m8.unet is not m32.unet
+    assert vae.decode(torch.zeros(1, 4, 2, 2)).shape == (1, 16, 16, 3)
+    assert cn.control_model.config.model_channels == cfg.model_channels

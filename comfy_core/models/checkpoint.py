@@ -21,7 +21,12 @@ from .detect import (
     find_unet_prefix,
     find_vae_prefix,
 )
-from .diffusers_layout import is_diffusers_unet, is_diffusers_vae, unet_from_diffusers, vae_from_diffusers
+from .diffusers_layout import (
+    is_diffusers_unet,
+    is_diffusers_vae,
+    unet_from_diffusers,
+    vae_from_diffusers,
+)
 from .diffusion import DiffusionModel
 from .fp8 import cast_on_forward, is_fp8, stored_fp8_dtype
 from .sampling_variants import DiscreteSampling

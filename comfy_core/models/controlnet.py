@@ -266,17 +266,22 @@ class ControlNet:
             previous = self.previous_controlnet.get_control(x, sigma, conds, cond_or_uncond)
         if not self._active(sigma):
             return previous
+        batched = cond_or_uncond if isinstance(cond_or_uncond, int) else len(cond_or_uncond)
+        control = self._residuals(x, sigma, conds, batched)
+        return merge_control(control, previous, self.strength, self.global_average_pooling)
+
+    def _residuals(self, x: torch.Tensor, sigma: torch.Tensor, conds: Mapping[str, torch.Tensor],
+                   batched: int) -> dict[str, list]:
+        """This control's own residuals (unscaled) for one model call."""
         net = self._network()
         dtype = next(net.parameters()).dtype
-        batched = cond_or_uncond if isinstance(cond_or_uncond, int) else len(cond_or_uncond)
         hint = self._hint_for(x, batched, dtype)
         ms = self._model_sampling
         context = conds.get("crossattn_controlnet", conds.get("context", conds.get("c_crossattn")))
         y = conds.get("y")
         with torch.no_grad():
-            control = net(ms.calculate_input(sigma, x).to(dtype), hint, ms.timestep(sigma).to(dtype),
-                          context.to(x.device, dtype), y.to(x.device, dtype) if y is not None else None)
-        return merge_control(control, previous, self.strength, self.global_average_pooling)
+            return net(ms.calculate_input(sigma, x).to(dtype), hint, ms.timestep(sigma).to(dtype),
+                       context.to(x.device, dtype), y.to(x.device, dtype) if y is not None else None)
 
 
 # ------------------------------------------------------------------------------------------------ control-LoRA
@@ -390,7 +395,10 @@ def controlnet_from_state_dict(sd: Mapping[str, torch.Tensor], *, source: str = 
     if prefix is None and is_diffusers_controlnet(sd):
         sd, prefix = controlnet_from_diffusers(sd, source), ""
     if prefix is None:
-        from .t2i_adapter import is_t2i_adapter, t2i_adapter_from_state_dict  # imports this module
+        from .t2i_adapter import (  # imports this module
+            is_t2i_adapter,
+            t2i_adapter_from_state_dict,
+        )
 
         if is_t2i_adapter(sd):
             return t2i_adapter_from_state_dict(sd, source=source, device=device, dtype=dtype)

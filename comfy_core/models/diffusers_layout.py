@@ -10,14 +10,12 @@ such Linear-stored 1x1 convs and reshapes them.
 """
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
-
-import torch
+from collections.abc import Mapping
 
 from ..errors import ModelLoadError
 from .detect import ShapeKeys
 from .lora import unet_diffusers_map
-from .state_dict import StateDict
+from .state_dict import RenamedView, StateDict, TensorDict
 from .unet import UNetConfig
 
 # diffusers names outside the down/mid/up blocks -> LDM names (UNet and ControlNet)
@@ -28,40 +26,6 @@ _UNET_TOP = {
     "conv_norm_out": "out.0", "conv_out": "out.2",
 }
 _HINT_BLOCKS = 6  # ControlNetConditioningEmbedding: conv_in, 6 blocks, conv_out = input_hint_block.0, 2..12, 14
-
-
-class RenamedView(StateDict):
-    """`base` seen through new key names: names[new_key] = key in base. Unmapped base keys are dropped."""
-
-    def __init__(self, base: StateDict | Mapping, names: Mapping[str, str]):
-        self.base, self._names = base, dict(names)
-        self.path = getattr(base, "path", None)
-
-    def __getitem__(self, key: str) -> torch.Tensor:
-        return self.base[self._names[key]]
-
-    def get_as(self, key: str, dtype: torch.dtype | None = None, device: torch.device | str = "cpu") -> torch.Tensor:
-        if isinstance(self.base, StateDict):
-            return self.base.get_as(self._names[key], dtype, device)
-        return super().get_as(key, dtype, device)
-
-    def shape(self, key: str) -> tuple[int, ...]:
-        return tuple(self.base.shape(self._names[key])) if isinstance(self.base, StateDict) else tuple(self[key].shape)
-
-    def dtype(self, key: str) -> torch.dtype:
-        return self.base.dtype(self._names[key]) if isinstance(self.base, StateDict) else self[key].dtype
-
-    def metadata(self) -> dict[str, str]:
-        return self.base.metadata() if isinstance(self.base, StateDict) else {}
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._names)
-
-    def __len__(self) -> int:
-        return len(self._names)
-
-    def __contains__(self, key: object) -> bool:
-        return key in self._names
 
 
 # ------------------------------------------------------------------------------------------------ UNet / ControlNet
@@ -88,6 +52,10 @@ def block_layout(k: ShapeKeys) -> UNetConfig:
     return UNetConfig(channel_mult=(1,) * levels, num_res_blocks=res, transformer_depth_output=tuple(depth_out))
 
 
+def _as_state_dict(sd: StateDict | Mapping) -> StateDict:
+    return sd if isinstance(sd, StateDict) else TensorDict(sd)
+
+
 def _rename(keys: list[str], modules: Mapping[str, str], prefix: str) -> dict[str, str]:
     """LDM key -> diffusers key, for every diffusers key (under `prefix`) whose module path `modules` maps."""
     names: dict[str, str] = {}
@@ -107,7 +75,7 @@ def unet_from_diffusers(sd: StateDict | Mapping, prefix: str = "", source: str =
     """A diffusers UNet2DConditionModel state dict (under `prefix`) in the LDM layout (`input_blocks.0.0.weight`...)."""
     layout = block_layout(ShapeKeys(sd, prefix, source))
     modules = {**unet_diffusers_map(layout), **_UNET_TOP}
-    return RenamedView(sd, _rename(list(sd), modules, prefix))
+    return RenamedView(_as_state_dict(sd), _rename(list(sd), modules, prefix))
 
 
 def is_diffusers_controlnet(sd: Mapping) -> bool:
@@ -124,7 +92,7 @@ def controlnet_from_diffusers(sd: StateDict | Mapping, source: str = "state dict
     modules.update({f"controlnet_cond_embedding.blocks.{i}": f"input_hint_block.{2 * i + 2}" for i in range(_HINT_BLOCKS)})
     modules.update({f"controlnet_down_blocks.{i}": f"zero_convs.{i}.0"
                     for i in range(k.count("controlnet_down_blocks.{}.weight"))})
-    return RenamedView(sd, _rename(list(sd), modules, ""))
+    return RenamedView(_as_state_dict(sd), _rename(list(sd), modules, ""))
 
 
 # ------------------------------------------------------------------------------------------------ VAE
@@ -167,4 +135,4 @@ def vae_from_diffusers(sd: StateDict | Mapping, prefix: str = "", source: str = 
     modules = {"quant_conv": "quant_conv", "post_quant_conv": "post_quant_conv"}
     _vae_side(modules, k, "encoder")
     _vae_side(modules, k, "decoder")
-    return RenamedView(sd, _rename(list(sd), modules, prefix))
+    return RenamedView(_as_state_dict(sd), _rename(list(sd), modules, prefix))

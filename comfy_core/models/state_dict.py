@@ -6,7 +6,8 @@ another dtype is read through a mapping of its own bytes only, closed right afte
 on the `meta` device and fills it key by key never holds a second copy of the weights (and no mapped file pages
 inflate the process RSS). `.ckpt`/`.pt` files are read with `torch.load(weights_only=True)`.
 
-`PrefixView(sd, "first_stage_model.")` is the same mapping seen through a key prefix (keys without the prefix).
+`PrefixView(sd, "first_stage_model.")` is the same mapping seen through a key prefix (keys without the prefix);
+`RenamedView(sd, names)` the same tensors under other key names (a converted layout, still read lazily).
 """
 from __future__ import annotations
 
@@ -246,6 +247,34 @@ class PrefixView(StateDict):
 
     def __contains__(self, key: object) -> bool:
         return key in self._set
+
+
+class RenamedView(StateDict):
+    """`base` under new key names: names[new_key] = key in base (converted layouts); unmapped base keys are hidden."""
+
+    def __init__(self, base: StateDict, names: Mapping[str, str]):
+        self.base, self.names, self.path = base, dict(names), base.path
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        return self.base[self.names[key]]
+
+    def get_as(self, key: str, dtype: torch.dtype | None = None, device: torch.device | str = "cpu") -> torch.Tensor:
+        return self.base.get_as(self.names[key], dtype, device)
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        return self.base.shape(self.names[key])
+
+    def dtype(self, key: str) -> torch.dtype:
+        return self.base.dtype(self.names[key])
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.names
 
 
 def _load_torch_file(path: Path) -> TensorDict:

@@ -26,7 +26,7 @@ from torch import nn
 
 from ..errors import ComfyCoreError, ModelLoadError
 from ..upscale import common_upscale
-from .controlnet import COMPRESSION, ControlNet, broadcast_hint, merge_control
+from .controlnet import COMPRESSION, ControlNet, broadcast_hint
 from .detect import ShapeKeys
 
 LEVELS = 4
@@ -182,7 +182,7 @@ def build_adapter(sd: Mapping, source: str) -> nn.Module:
         inner = tuple(k.shape(f"body.{i}.in_conv.weight")[0] for i in range(LEVELS))
         cin = k.shape("body.0.in_conv.weight")[1]
         return AdapterLight(cin, channels, inner, k.count("body.0.body.{}.block1.weight"))
-    cin, ch = k.shape("conv_in.weight")[1], k.shape("conv_in.weight")[0]
+    cin = k.shape("conv_in.weight")[1]
     blocks = k.count("body.{}.block1.weight")
     if blocks == 0 or blocks % LEVELS:
         raise ModelLoadError(f"{source}: T2I-Adapter has {blocks} residual blocks (expected a multiple of {LEVELS})")
@@ -240,13 +240,8 @@ class T2IAdapter(ControlNet):
             hint = hint.mean(dim=1, keepdim=True)
         return hint.to(x.device, dtype)
 
-    def get_control(self, x: torch.Tensor, sigma: torch.Tensor, conds: Mapping[str, torch.Tensor],
-                    cond_or_uncond: list[int] | int) -> dict[str, list] | None:
-        previous = None
-        if self.previous_controlnet is not None:
-            previous = self.previous_controlnet.get_control(x, sigma, conds, cond_or_uncond)
-        if not self._active(sigma):
-            return previous
+    def _residuals(self, x: torch.Tensor, sigma: torch.Tensor, conds: Mapping[str, torch.Tensor],
+                   batched: int) -> dict[str, list]:
         net = self.control_model
         size = tuple(x.shape[2:])
         if self._features is None or self._features_size != size:
@@ -254,10 +249,8 @@ class T2IAdapter(ControlNet):
             with torch.no_grad():
                 self._features = net(self._adapter_hint(x, dtype))
             self._features_size = size
-        batched = cond_or_uncond if isinstance(cond_or_uncond, int) else len(cond_or_uncond)
-        control = {key: [None if f is None else _fit_batch(f, x.shape[0], batched) for f in feats]
-                   for key, feats in self._features.items()}
-        return merge_control(control, previous, self.strength, self.global_average_pooling)
+        return {key: [None if f is None else _fit_batch(f, x.shape[0], batched) for f in feats]
+                for key, feats in self._features.items()}
 
 
 def _fit_batch(f: torch.Tensor, batch: int, batched_number: int) -> torch.Tensor:
