@@ -3,19 +3,22 @@ scheduler → sigmas (denoise, start/end steps), conds, optional inpaint mask, s
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from ..kernels.attention import requested_backend
-from .guidance import NEGATIVE, POSITIVE, CFGDenoiser, InpaintDenoiser, prepare_conds
+from .custom import SamplerObject, sampler_object
+from .guidance import Cond, InpaintDenoiser, prepare_conds
 from .noise import inpaint_random_noise, prepare_noise
-from .samplers import DISCARD_PENULTIMATE_SIGMA_SAMPLERS, RANDOM_INPAINT_NOISE_SAMPLERS, get_sampler
+from .pre_cfg import PreCFGDenoiser
+from .samplers import DISCARD_PENULTIMATE_SIGMA_SAMPLERS
 from .schedulers import ksampler_sigmas
 
 StepCallback = Callable[[int, int, torch.Tensor], None]  # (step, total, denoised x0 in model space)
+DenoiserFactory = Callable[[dict[str, list[Cond]]], Any]  # resolved conds by name -> k-diffusion denoiser
 
 
 def fix_empty_latent_channels(model, latent: torch.Tensor) -> torch.Tensor:
@@ -106,12 +109,31 @@ def sample_latent(model, latent: dict[str, Any], positive: list, negative: list,
 def run_sampler(model, noise: torch.Tensor, sigmas: torch.Tensor, positive: list, negative: list, cfg: float,
                 sampler_name: str, latent_image: torch.Tensor, noise_mask: torch.Tensor | None, seed: int,
                 on_step: StepCallback | None, *, attention_backend: str | None = None) -> torch.Tensor:
-    negative = share_control_with_uncond(positive, negative)
-    controls = controls_of(positive, negative)
+    """The KSampler's run: CFG over positive/negative with a registered sampler (see `sample_guided`)."""
+    def cfg_denoiser(conds: dict[str, list[Cond]]) -> PreCFGDenoiser:
+        return PreCFGDenoiser(model, conds["positive"], conds["negative"], cfg)
+
+    return sample_guided(model, noise, sigmas, {"positive": positive, "negative": negative}, cfg_denoiser,
+                         sampler_object(sampler_name), latent_image, noise_mask, seed, on_step,
+                         attention_backend=attention_backend)
+
+
+def sample_guided(model, noise: torch.Tensor, sigmas: torch.Tensor, conds: Mapping[str, list],
+                  make_denoiser: DenoiserFactory, sampler: SamplerObject, latent_image: torch.Tensor,
+                  noise_mask: torch.Tensor | None, seed: int | None, on_step: StepCallback | None, *,
+                  attention_backend: str | None = None) -> torch.Tensor:
+    """ComfyUI's CFGGuider.sample for any guider: named CONDITIONING lists ("positive" is encoded as the positive
+    prompt, every other list as a negative one) are resolved against the latent, `make_denoiser` turns them into the
+    k-diffusion denoiser, and `sampler` runs it over `sigmas`. ControlNets found in any list are prepared for the
+    run and cleaned up after it. Returns the denoised latent (CPU, float32, out of model space)."""
+    conds = dict(conds)
+    if "positive" in conds and "negative" in conds:
+        conds["negative"] = share_control_with_uncond(conds["positive"], conds["negative"])
+    controls = controls_of(*conds.values())
     for control in controls:
         control.pre_run(model, model.model_sampling.percent_to_sigma)
     try:
-        return _sample(model, noise, sigmas, positive, negative, cfg, sampler_name, latent_image, noise_mask, seed,
+        return _sample(model, noise, sigmas, conds, make_denoiser, sampler, latent_image, noise_mask, seed,
                        on_step, guider_model_options(model, attention_backend))
     finally:
         for control in controls:
@@ -128,20 +150,20 @@ def guider_model_options(model, attention_backend: str | None) -> dict[str, Any]
     return {"transformer_options": {**own, "attention_backend": attention_backend}}
 
 
-def _sample(model, noise, sigmas, positive, negative, cfg, sampler_name, latent_image, noise_mask, seed, on_step,
+def _sample(model, noise, sigmas, conds, make_denoiser, sampler, latent_image, noise_mask, seed, on_step,
             model_options: dict[str, Any] | None = None):
     device = model.device
     if torch.count_nonzero(latent_image) > 0:  # an empty latent is not shifted
         latent_image = model.process_latent_in(latent_image)
     latent_image, noise = latent_image.to(device, torch.float32), noise.to(device, torch.float32)
     mask = reshape_mask(noise_mask, noise.shape).to(device) if noise_mask is not None else None
-    conds = {which: prepare_conds(model, cond, noise, prompt_type=kind, latent_image=latent_image,
-                                  denoise_mask=mask, seed=seed)
-             for which, kind, cond in ((POSITIVE, "positive", positive), (NEGATIVE, "negative", negative))}
-    denoiser: Any = CFGDenoiser(model, conds[POSITIVE], conds[NEGATIVE], cfg)
+    prepared = {name: prepare_conds(model, cond, noise, prompt_type="positive" if name == "positive" else "negative",
+                                    latent_image=latent_image, denoise_mask=mask, seed=seed)
+                for name, cond in conds.items()}
+    denoiser: Any = make_denoiser(prepared)
     if mask is not None:
         inpaint_noise = noise
-        if sampler_name in RANDOM_INPAINT_NOISE_SAMPLERS:
+        if sampler.random_inpaint_noise:
             inpaint_noise = inpaint_random_noise(noise.shape, seed, noise.dtype).to(device)
         denoiser = InpaintDenoiser(denoiser, latent_image, inpaint_noise, mask)
     ms = model.model_sampling
@@ -153,8 +175,8 @@ def _sample(model, noise, sigmas, positive, negative, cfg, sampler_name, latent_
             on_step(info["i"], total, info["denoised"])
 
     extra_args = {"model_options": model_options or {}, "seed": seed}
-    samples = get_sampler(sampler_name)(denoiser, x, sigmas.to(device), extra_args=extra_args,
-                                        callback=callback if on_step is not None else None, seed=seed)
+    samples = sampler(denoiser, x, sigmas.to(device), extra_args=extra_args,
+                      callback=callback if on_step is not None else None, seed=seed)
     samples = ms.inverse_noise_scaling(sigmas[-1], samples)
     return model.process_latent_out(samples.to(torch.float32)).cpu()
 
