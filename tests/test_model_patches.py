@@ -554,3 +554,34 @@ def test_inpaint_denoiser_applies_the_differential_mask(model, schedule):
     assert torch.equal(out, (mask >= 0.8).float())  # threshold between 0.5 and 0.8 at sigma 3 (test above)
     plain = InpaintDenoiser(_IdentityGuider(model), zeros, zeros, mask)
     torch.testing.assert_close(plain(torch.ones(1, 4, 1, 5), torch.tensor([3.0])), mask * mask)
+
+
+# -- patches inside the sampling loop ----------------------------------------------------------------------------------
+def test_model_hooks_and_a_samplers_own_hook_both_run(model):
+    from comfy_core.sampling.common import UncondCapture
+
+    x, _ = _inputs(batch=1)
+    sigma = torch.tensor([2.0])
+    plain = _guider(model)(x, sigma)
+    (scaled,) = mp.EpsilonScaling().patch(model, 1.25)
+    capture = UncondCapture()
+    extra = capture.install({"model_options": {"transformer_options": {"attention_backend": "sdpa"}}})
+    guider = _guider(scaled)
+    out = guider(x, sigma, **extra)
+    torch.testing.assert_close(out, x - (x - plain) / 1.25)  # the MODEL's hook ran ...
+    _, uncond, _ = guider._predict(x, sigma, {})
+    torch.testing.assert_close(capture.get(), uncond)  # ... and the sampler's
+
+
+@pytest.mark.parametrize("sampler_name", ["euler", "dpmpp_2m"])
+def test_cfg_function_reaches_fused_samplers(model, sampler_name):
+    latent = {"samples": torch.zeros(1, 4, 8, 8)}
+    g = torch.Generator().manual_seed(2)
+    positive, negative = [[torch.randn(1, 5, 16, generator=g), {}]], [[torch.randn(1, 5, 16, generator=g), {}]]
+    kw = {"seed": 9, "steps": 3, "cfg": 6.0, "sampler_name": sampler_name, "scheduler": "karras"}
+    plain = sample_latent(model, latent, positive, negative, **kw)["samples"]
+    (neutral,) = mp.RescaleCFG().patch(model, 0.0)
+    torch.testing.assert_close(sample_latent(neutral, latent, positive, negative, **kw)["samples"], plain,
+                               rtol=1e-4, atol=1e-4)
+    (rescaled,) = mp.RescaleCFG().patch(model, 1.0)
+    assert not torch.allclose(sample_latent(rescaled, latent, positive, negative, **kw)["samples"], plain, atol=1e-3)

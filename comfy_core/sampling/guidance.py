@@ -222,6 +222,20 @@ def _run_batch(model, batch: list[_Chunk], sigma, model_options, outs, counts) -
         counts[chunk.which][:, :, y:y + h, x0:x0 + w] += chunk.mult
 
 
+def merged_model_options(own: dict[str, Any], extra: dict[str, Any] | None) -> dict[str, Any]:
+    """The MODEL's options overlaid with a sampler's (extra wins per key), except that post-CFG hooks accumulate
+    (the MODEL's first, e.g. PAG, then a sampler's own, e.g. CFG++'s uncond capture) and transformer_options merge."""
+    if not extra:
+        return own
+    options = {**own, **extra}
+    own_hooks = own.get(POST_CFG_FUNCTIONS, [])
+    if own_hooks and POST_CFG_FUNCTIONS in extra:
+        options[POST_CFG_FUNCTIONS] = [*own_hooks, *(f for f in extra[POST_CFG_FUNCTIONS] if f not in own_hooks)]
+    if "transformer_options" in own and "transformer_options" in extra:
+        options["transformer_options"] = {**own["transformer_options"], **extra["transformer_options"]}
+    return options
+
+
 class CFGDenoiser:
     """k-diffusion denoiser `(x, sigma, model_options=..., denoise_mask=...) -> x0` with CFG over two cond lists."""
 
@@ -242,7 +256,7 @@ class CFGDenoiser:
                        **_: Any) -> GuidedPrediction | None:
         """cond/uncond before the combine, for samplers that fuse it into their update (`common.guided_prediction`);
         None when post-CFG hooks must see the combined result."""
-        options = {**self.model.model_options, **(model_options or {})}
+        options = merged_model_options(self.model.model_options, model_options)
         if not guidance_is_plain(options):
             return None
         cond, uncond, skipped = self._predict(x, sigma, options)
@@ -250,7 +264,7 @@ class CFGDenoiser:
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor, model_options: dict[str, Any] | None = None,
                  **_: Any) -> torch.Tensor:
-        options = {**self.model.model_options, **(model_options or {})}
+        options = merged_model_options(self.model.model_options, model_options)
         cond, uncond, _skipped = self._predict(x, sigma, options)
         denoised = self._combine(cond, uncond, x, sigma, options)
         for hook in options.get(POST_CFG_FUNCTIONS, []):
