@@ -85,6 +85,11 @@ def test_fp8_file_round_trip(unet_file, tmp_path):
     assert {p.dtype for p in again.unet.parameters()} == {torch.float8_e5m2}
     assert again.memory_bytes() == m8.memory_bytes()
     assert torch.equal(_run(again), _run(m8))
+    # the same fp8 tensors inside a whole checkpoint (model.diffusion_model.*) stay fp8 too
+    ckpt = tmp_path / "ckpt_fp8.safetensors"
+    save_file({fm.UNET_PREFIX + k: v.contiguous() for k, v in m8.unet.state_dict().items()}, str(ckpt))
+    model, _, _ = cache.load_checkpoint(ckpt, want_clip=False, want_vae=False)
+    assert model.memory_bytes() == m8.memory_bytes() and torch.equal(_run(model), _run(m8))
 
 
 def test_fp8_cache_key_includes_storage(unet_file):
@@ -125,6 +130,32 @@ def test_lora_on_fp8_weights_rounds_back_and_restores(unet_file):
     _run(patched)  # the patched fp8 model runs
     with model.patched_unet() as unet:
         assert torch.equal(_param(unet, name).view(torch.uint8), base.view(torch.uint8))
+
+
+def test_fp8_linear_math_matches_rounded_reference():
+    """The tensor-core path's arithmetic (run here on CPU): input clamped to ±448 and rounded to e4m3fn."""
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(32, 64, generator=g) * 100  # some entries beyond ±448 get clamped
+    x[0, 0] = 1000.0
+    w = (torch.randn(48, 64, generator=g) / 8).to(torch.float8_e4m3fn)
+    b = torch.randn(48, generator=g)
+    ref = x.clamp(-448, 448).to(torch.float8_e4m3fn).float() @ w.float().t() + b
+    got = fp8.fp8_linear(x, w, b, torch.float32)
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-3)
+
+
+@pytest.mark.cuda
+def test_fp8_fast_on_cuda(unet_file):
+    dev = torch.device("cuda")
+    if not fp8.fp8_matmul_supported(dev):
+        pytest.skip("no fp8 tensor cores (compute capability < 8.9)")
+    cache = ModelCache()
+    fast = cache.load_unet(unet_file, device=dev, dtype=torch.float16, weight_dtype="fp8_e4m3fn_fast")
+    plain = cache.load_unet(unet_file, device=dev, dtype=torch.float16, weight_dtype="fp8_e4m3fn")
+    assert any(isinstance(m, fp8.Fp8MatmulLinear) for m in fast.unet.modules())
+    x, sigma, ctx = (t.to(dev) for t in _inputs())
+    a, b = fast(x, sigma, context=ctx), plain(x, sigma, context=ctx)
+    assert torch.isfinite(a).all() and ((a - b).norm() / b.norm()).item() < 0.1
 
 
 def test_fp8_decisions():

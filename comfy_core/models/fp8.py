@@ -108,13 +108,20 @@ class Fp8MatmulLinear(CastLinear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not _scaled_mm_fits(x):
             return super().forward(x)
-        rows = x.reshape(-1, x.shape[-1]).clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn)  # [N, in] row-major
-        one = torch.ones((), device=x.device, dtype=torch.float32)
-        w = self._parameters["weight"]  # [out, in] row-major, so w.t() is the column-major operand _scaled_mm wants
-        out = torch._scaled_mm(rows, w.t(), scale_a=one, scale_b=one, out_dtype=x.dtype)  # [N, out]
-        if self._parameters.get("bias") is not None:
-            out = out + self.bias
+        rows = x.reshape(-1, x.shape[-1])  # [N, in]
+        out = fp8_linear(rows, self._parameters["weight"], self.bias, x.dtype)
         return out.reshape(*x.shape[:-1], out.shape[-1])
+
+
+def fp8_linear(rows: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+               out_dtype: torch.dtype) -> torch.Tensor:
+    """rows [N, in] @ weightᵀ (+ bias) with both operands in e4m3fn: the input is clamped to ±448 and rounded to
+    fp8, scales are 1 (ComfyUI's fp8_linear). weight [out, in] row-major, so weight.t() is the column-major operand
+    torch._scaled_mm wants. -> [N, out] in out_dtype."""
+    a = rows.clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn).contiguous()
+    one = torch.ones((), device=rows.device, dtype=torch.float32)
+    out = torch._scaled_mm(a, weight.t(), scale_a=one, scale_b=one, out_dtype=out_dtype)
+    return out if bias is None else out + bias.to(out_dtype)
 
 
 def _scaled_mm_fits(x: torch.Tensor) -> bool:
