@@ -536,3 +536,20 @@ def test_custom_advanced_workflow_equals_ksampler_through_engine(tmp_path):
     assert torch.equal(kept["custom"]["samples"], kept["ksampler"]["samples"])
     assert kept["denoised"]["samples"].shape == (1, 4, 8, 8)
     assert len(progress) == 10  # 5 steps for each of the two samplers
+
+
+def test_denoise_mask_function_sees_the_runs_schedule(model, ctx):
+    """DifferentialDiffusion-style mask functions get the sigmas of the run (here a partial, high half schedule)."""
+    seen = []
+
+    def mask_function(sigma, mask, extra_options):
+        seen.append(extra_options["sigmas"].cpu())
+        return mask
+
+    patched = model.clone()
+    patched.model_options = {**patched.model_options, "denoise_mask_function": mask_function}
+    sigmas = sch.BasicScheduler().get_sigmas(model, "normal", 4, 1.0)[0]
+    high, _ = sch.SplitSigmas().get_sigmas(sigmas, 2)
+    latent = {**_image_latent(), "noise_mask": torch.ones(1, 64, 64)}
+    cs.SamplerCustom().sample(patched, True, 3, 4.0, POSITIVE, NEGATIVE, sampler_object("euler"), high, latent)
+    assert len(seen) == 2 and all(torch.equal(s, high) for s in seen)

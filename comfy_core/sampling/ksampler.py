@@ -165,7 +165,7 @@ def _sample(model, noise, sigmas, conds, make_denoiser, sampler, latent_image, n
         inpaint_noise = noise
         if sampler.random_inpaint_noise:
             inpaint_noise = inpaint_random_noise(noise.shape, seed, noise.dtype).to(device)
-        denoiser = InpaintDenoiser(denoiser, latent_image, inpaint_noise, mask)
+        denoiser = InpaintDenoiser(denoiser, latent_image, inpaint_noise, mask, sigmas.to(device))
     ms = model.model_sampling
     x = ms.noise_scaling(sigmas[0], noise, latent_image, ms.max_denoise(sigmas))
     total = len(sigmas) - 1
