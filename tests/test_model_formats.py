@@ -228,10 +228,20 @@ def test_diffusers_unet_file_loads_bit_identical(tmp_path, family):
     assert torch.equal(m_d(x, sigma, context=ctx, **kw), m_ldm(x, sigma, context=ctx, **kw))
 
 
-def test_diffusers_vae_file_loads_bit_identical(tmp_path):
+_OLD_ATTN = {".to_q.": ".query.", ".to_k.": ".key.", ".to_v.": ".value.", ".to_out.0.": ".proj_attn."}
+
+
+@pytest.mark.parametrize("old_names", [False, True], ids=["to_q", "query"])
+def test_diffusers_vae_file_loads_bit_identical(tmp_path, old_names):
     ldm = fm.vae_state_dict()
     diff = fd.to_diffusers_vae(ldm, len(fm.TINY_VAE.ch_mult))
-    assert diff["encoder.mid_block.attentions.0.to_q.weight"].ndim == 2  # Linear-stored, as diffusers has it
+    if old_names:  # diffusers < 0.14 attention names
+        for new, old in _OLD_ATTN.items():
+            diff = {k.replace(new, old): v for k, v in diff.items()}
+        assert "encoder.mid_block.attentions.0.proj_attn.weight" in diff
+    assert diff["encoder.mid_block.attentions.0.group_norm.weight"].ndim == 1
+    assert all(v.ndim == 2 for k, v in diff.items() if "mid_block.attentions" in k and "norm" not in k
+               and k.endswith("weight"))  # Linear-stored, as diffusers has them
     a = fm.write(tmp_path / "ldm_vae.safetensors", ldm)
     b = fm.write(tmp_path / "diffusers_vae.safetensors", diff)
     cache = ModelCache()
