@@ -527,6 +527,16 @@ def test_custom_advanced_workflow_equals_ksampler_through_engine(tmp_path):
         prompt[KEEP_LATENT] = {"class_type": "KeepLatent", "inputs": {"value": ["34", 0], "key": "custom"}}
         prompt["22"] = {"class_type": "KeepLatent", "inputs": {"value": ["34", 1], "key": "denoised"}}
         prompt["23"] = {"class_type": "KeepLatent", "inputs": {"value": ["3", 0], "key": "ksampler"}}
+        # a second chain through the executor: no noise, positive-only guidance, LMS over an AYS schedule
+        prompt["40"] = {"class_type": "DisableNoise", "inputs": {}}
+        prompt["41"] = {"class_type": "BasicGuider", "inputs": {"model": [LOADER, 0], "conditioning": [POS, 0]}}
+        prompt["42"] = {"class_type": "SamplerLMS", "inputs": {"order": 3}}
+        prompt["43"] = {"class_type": "AlignYourStepsScheduler", "inputs": {"model_type": "SD1", "steps": 3,
+                                                                             "denoise": 1.0}}
+        prompt["44"] = {"class_type": "SamplerCustomAdvanced", "inputs": {
+            "noise": ["40", 0], "guider": ["41", 0], "sampler": ["42", 0], "sigmas": ["43", 0],
+            "latent_image": [LATENT, 0]}}
+        prompt["24"] = {"class_type": "KeepLatent", "inputs": {"value": ["44", 0], "key": "basic"}}
         progress = []
         sub = engine.events.subscribe(lambda m: progress.append(m.event) if m.type == "progress" else None)
         engine.run(prompt)
@@ -535,7 +545,8 @@ def test_custom_advanced_workflow_equals_ksampler_through_engine(tmp_path):
         engine.close()
     assert torch.equal(kept["custom"]["samples"], kept["ksampler"]["samples"])
     assert kept["denoised"]["samples"].shape == (1, 4, 8, 8)
-    assert len(progress) == 10  # 5 steps for each of the two samplers
+    assert len(progress) == 13  # 5 steps for each of the two samplers, 3 for the AYS run
+    assert kept["basic"]["samples"].shape == (1, 4, 8, 8) and torch.isfinite(kept["basic"]["samples"]).all()
 
 
 def test_denoise_mask_function_sees_the_runs_schedule(model, ctx):
