@@ -18,7 +18,7 @@ from comfy_core.models import fp8
 from comfy_core.models.cache import ModelCache
 from comfy_core.models.checkpoint import build_diffusion_model
 from comfy_core.models.controlnet import load_controlnet
-from comfy_core.models.diffusers_layout import unet_from_diffusers
+from comfy_core.models.diffusers_layout import controlnet_from_diffusers, unet_from_diffusers
 from comfy_core.models.lora import LoraPatch, LoraWeights
 from comfy_core.models.state_dict import TensorDict
 
@@ -209,6 +209,25 @@ def test_diffusers_unet_names_known_pairs():
         "out.0.weight": "conv_norm_out.weight", "out.2.bias": "conv_out.bias",
     }
     for ldm_key, d_key in pairs.items():
+        assert view.names[ldm_key] == d_key
+
+
+def test_diffusers_controlnet_names_full_size():
+    """The real SD1.5 ControlNet layout (tests/data/controlnet_layouts.json) through diffusers names and back."""
+    pairs = json.loads((DATA / "controlnet_layouts.json").read_text())["controlnet_sd15"]
+    ldm = [k.removeprefix("control_model.") for k, _ in pairs]
+    names = {fd.unet_key(k, 2, 4): k for k in ldm}
+    assert len(names) == len(ldm)
+    view = controlnet_from_diffusers(dict.fromkeys(names))
+    assert sorted(view) == sorted(ldm)
+    known = {"input_hint_block.0.weight": "controlnet_cond_embedding.conv_in.weight",
+             "input_hint_block.2.bias": "controlnet_cond_embedding.blocks.0.bias",
+             "input_hint_block.12.weight": "controlnet_cond_embedding.blocks.5.weight",
+             "input_hint_block.14.weight": "controlnet_cond_embedding.conv_out.weight",
+             "zero_convs.11.0.weight": "controlnet_down_blocks.11.weight",
+             "middle_block_out.0.bias": "controlnet_mid_block.bias",
+             "input_blocks.4.1.proj_out.weight": "down_blocks.1.attentions.0.proj_out.weight"}
+    for ldm_key, d_key in known.items():
         assert view.names[ldm_key] == d_key
 
 
