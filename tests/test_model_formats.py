@@ -18,7 +18,10 @@ from comfy_core.models import fp8
 from comfy_core.models.cache import ModelCache
 from comfy_core.models.checkpoint import build_diffusion_model
 from comfy_core.models.controlnet import load_controlnet
-from comfy_core.models.diffusers_layout import controlnet_from_diffusers, unet_from_diffusers
+from comfy_core.models.diffusers_layout import (
+    controlnet_from_diffusers,
+    unet_from_diffusers,
+)
 from comfy_core.models.lora import LoraPatch, LoraWeights
 from comfy_core.models.state_dict import TensorDict
 
