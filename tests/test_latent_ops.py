@@ -17,8 +17,8 @@ from safetensors.torch import save_file
 from comfy_core import Engine, EngineConfig, NodeExecutionError, context
 from comfy_core.errors import InputFileError
 from comfy_core.nodes import latent_ops as lo
-from comfy_core.nodes.latent_operations import CFG_OPERATIONS, LatentSharpen, ReinhardTonemap
-from comfy_core.sampling.common import POST_CFG_FUNCTIONS
+from comfy_core.nodes.latent_operations import LatentSharpen, ReinhardTonemap
+from comfy_core.sampling.common import POST_CFG_FUNCTIONS, PRE_CFG_FUNCTIONS, guidance_is_plain
 from comfy_core.sampling.guidance import CFGDenoiser, Cond
 
 
@@ -258,26 +258,36 @@ def test_apply_operation_cfg_acts_on_the_guidance_direction():
     base = _StandInModel()
     assert torch.allclose(_denoise(base, 2.0), torch.full((1, 4, 2, 2), 3.5))  # 0.5 + 2·(2 − 0.5)
     patched = lo.LatentApplyOperationCFG().execute(base, lambda latent, **_: latent * 3)[0]
-    assert patched is not base and CFG_OPERATIONS not in base.model_options
+    assert patched is not base and PRE_CFG_FUNCTIONS not in base.model_options
+    assert guidance_is_plain(base.model_options) and not guidance_is_plain(patched.model_options)  # no fused step
     # cond' = 3·(2 − 0.5) + 0.5 = 5; denoised = 0.5 + 2·(5 − 0.5) = 9.5
     assert torch.allclose(_denoise(patched, 2.0), torch.full((1, 4, 2, 2), 9.5))
     # at cfg 1 the uncond pass is skipped (zeros): op(cond) = 6
     assert torch.allclose(_denoise(patched, 1.0), torch.full((1, 4, 2, 2), 6.0))
 
 
-def test_apply_operation_cfg_chains_in_order_and_runs_first():
-    def earlier_hook(args):
+def test_apply_operation_cfg_chains_in_order_before_the_combine_and_post_hooks():
+    def post_hook(args):
         return args["denoised"] + 100
 
     base = _StandInModel()
-    base.model_options[POST_CFG_FUNCTIONS] = [earlier_hook]
+    base.model_options[POST_CFG_FUNCTIONS] = [post_hook]
     m1 = lo.LatentApplyOperationCFG().execute(base, lambda latent, **_: latent * 2)[0]
     m2 = lo.LatentApplyOperationCFG().execute(m1, lambda latent, **_: latent + 1)[0]
-    hooks = m2.model_options[POST_CFG_FUNCTIONS]
-    assert len(hooks) == 2 and hooks[1] is earlier_hook  # one operations hook, ahead of the existing one
-    # cond' = (2·1.5 + 0.5), then ((cond' − 0.5) + 1) + 0.5 = 4.5; denoised = 0.5 + 2·4 = 8.5; +100 by the hook
+    assert len(m2.model_options[PRE_CFG_FUNCTIONS]) == 2 and m2.model_options[POST_CFG_FUNCTIONS] == [post_hook]
+    # cond' = (2·1.5 + 0.5), then ((cond' − 0.5) + 1) + 0.5 = 4.5; denoised = 0.5 + 2·4 = 8.5; +100 by the post hook
     assert torch.allclose(_denoise(m2, 2.0), torch.full((1, 4, 2, 2), 108.5))
-    assert len(m1.model_options[CFG_OPERATIONS]) == 1  # the first clone is not changed by the second node
+    assert len(m1.model_options[PRE_CFG_FUNCTIONS]) == 1  # the first clone is not changed by the second node
+
+
+def test_apply_operation_cfg_composes_with_a_custom_cfg_function():
+    from comfy_core.sampling.common import CFG_FUNCTION
+
+    base = _StandInModel()
+    base.model_options[CFG_FUNCTION] = lambda args: args["uncond"]  # eps-space: denoised = uncond prediction
+    patched = lo.LatentApplyOperationCFG().execute(base, lambda latent, **_: latent * 3)[0]
+    # the operation rewrites cond only; the custom combine then returns the (untouched) uncond: 0.5
+    assert torch.allclose(_denoise(patched, 2.0), torch.full((1, 4, 2, 2), 0.5))
 
 
 # --- rebatching -------------------------------------------------------------------------------------------------

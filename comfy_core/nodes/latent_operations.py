@@ -19,9 +19,8 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import NodeExecutionError
-from ..sampling.common import POST_CFG_FUNCTIONS
+from ..sampling.common import with_pre_cfg_function
 
-CFG_OPERATIONS = "comfy_core_latent_cfg_operations"  # model_options key: the LATENT_OPERATIONs of the CFG hook
 
 LatentOperation = Callable[..., torch.Tensor]
 
@@ -89,19 +88,15 @@ class LatentSharpen:
         return luminance * sharpened
 
 
-def _apply_cfg_operations(args: dict[str, Any]) -> torch.Tensor:
-    """The post-CFG hook: the combine redone with every operation applied to the guidance direction first."""
-    cond, uncond, cfg = args["cond_denoised"], args["uncond_denoised"], args["cond_scale"]
-    for operation in args["model_options"].get(CFG_OPERATIONS, ()):
-        cond = operation(latent=cond - uncond) + uncond
-    return uncond + (cond - uncond) * cfg
+def cfg_operation_hook(operation: LatentOperation) -> Callable[[dict[str, Any]], list[torch.Tensor]]:
+    """A pre-CFG hook applying `operation` to the guidance direction cond − uncond (ComfyUI's
+    LatentApplyOperationCFG); at cfg 1 uncond is zeros, so it acts on cond itself."""
+    def pre_cfg(args: dict[str, Any]) -> list[torch.Tensor]:
+        cond, uncond = args["conds_out"]
+        return [operation(latent=cond - uncond) + uncond, uncond]
+    return pre_cfg
 
 
 def with_cfg_operation(model_options: Mapping[str, Any], operation: LatentOperation) -> dict[str, Any]:
-    """A copy of `model_options` whose guidance applies `operation` after the ones already there."""
-    options = dict(model_options)
-    operations = list(options.get(CFG_OPERATIONS, ()))
-    if not operations:  # the hook goes first: ComfyUI runs it before the combine, so before every post-CFG hook
-        options[POST_CFG_FUNCTIONS] = [_apply_cfg_operations, *options.get(POST_CFG_FUNCTIONS, ())]
-    options[CFG_OPERATIONS] = [*operations, operation]
-    return options
+    """A copy of `model_options` whose guidance applies `operation` after the operations already there."""
+    return with_pre_cfg_function(model_options, cfg_operation_hook(operation))

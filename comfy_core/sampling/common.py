@@ -19,6 +19,7 @@ from comfy_core.sampling.noise import NoiseSampler
 
 # model_options keys, named as in ComfyUI so that model_options built by ComfyUI-style custom nodes keep working.
 POST_CFG_FUNCTIONS = "sampler_post_cfg_function"
+PRE_CFG_FUNCTIONS = "sampler_pre_cfg_function"  # rewrite [cond, uncond] predictions before the combine
 CFG_FUNCTION = "sampler_cfg_function"  # replaces the CFG combine itself (RescaleCFG); works in eps space
 DISABLE_CFG1_OPTIMIZATION = "disable_cfg1_optimization"
 
@@ -121,6 +122,18 @@ def ancestral_schedule(sigmas: torch.Tensor, eta: float = 1.0) -> tuple[torch.Te
     return (sigma_to**2 - sigma_up**2) ** 0.5, sigma_up
 
 
+def with_pre_cfg_function(model_options: Mapping[str, Any] | None,
+                          fn: Callable[[dict[str, Any]], list[torch.Tensor]]) -> dict[str, Any]:
+    """A copy of `model_options` with `fn` appended to the pre-CFG hooks (ComfyUI's `sampler_pre_cfg_function`).
+
+    Each hook gets "conds_out" ([cond, uncond] predictions; uncond is zeros when cfg 1 skipped it), "conds",
+    "cond_scale", "timestep"/"sigma", "input", "model", "model_options", and returns the new [cond, uncond].
+    """
+    options = dict(model_options or {})
+    options[PRE_CFG_FUNCTIONS] = [*options.get(PRE_CFG_FUNCTIONS, []), fn]
+    return options
+
+
 def with_post_cfg_function(model_options: Mapping[str, Any] | None, fn: Callable[[dict[str, Any]], torch.Tensor],
                            disable_cfg1_optimization: bool = False) -> dict[str, Any]:
     """A copy of `model_options` with `fn` appended to the post-CFG hooks (the caller's dict is left untouched).
@@ -166,9 +179,10 @@ class UncondCapture:
 
 def guidance_is_plain(model_options: Mapping[str, Any]) -> bool:
     """Whether the guided prediction under these model_options is exactly uncond + cfg·(cond − uncond), so a sampler
-    may combine cond/uncond itself (no custom CFG function, no post-CFG hooks, which may replace the result or
-    capture its parts)."""
-    return not model_options.get(POST_CFG_FUNCTIONS) and model_options.get(CFG_FUNCTION) is None
+    may combine cond/uncond itself (no custom CFG function, no pre-/post-CFG hooks, which may rewrite the parts or
+    the result, or capture them)."""
+    return (not model_options.get(POST_CFG_FUNCTIONS) and not model_options.get(PRE_CFG_FUNCTIONS)
+            and model_options.get(CFG_FUNCTION) is None)
 
 
 def guided_prediction(model: Denoiser, x: torch.Tensor, sigma: torch.Tensor,

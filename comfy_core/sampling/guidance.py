@@ -33,6 +33,7 @@ from .common import (
     CFG_FUNCTION,
     DISABLE_CFG1_OPTIMIZATION,
     POST_CFG_FUNCTIONS,
+    PRE_CFG_FUNCTIONS,
     GuidedPrediction,
     guidance_is_plain,
 )
@@ -265,7 +266,12 @@ class CFGDenoiser:
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor, model_options: dict[str, Any] | None = None,
                  **_: Any) -> torch.Tensor:
         options = merged_model_options(self.model.model_options, model_options)
-        cond, uncond, _skipped = self._predict(x, sigma, options)
+        cond, uncond, skipped = self._predict(x, sigma, options)
+        for hook in options.get(PRE_CFG_FUNCTIONS, []):  # e.g. LatentApplyOperationCFG on the guidance direction
+            conds = [self.positive, None if skipped else self.negative]
+            cond, uncond = hook({"conds": conds, "conds_out": [cond, uncond],
+                                 "cond_scale": self.cfg, "timestep": sigma, "input": x, "sigma": sigma,
+                                 "model": self.model, "model_options": options})
         denoised = self._combine(cond, uncond, x, sigma, options)
         for hook in options.get(POST_CFG_FUNCTIONS, []):
             denoised = hook({"denoised": denoised, "cond": self.positive, "uncond": self.negative,
