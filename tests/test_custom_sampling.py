@@ -28,11 +28,12 @@ from comfy_core.models.model_sampling import ModelSampling
 from comfy_core.nodes import custom_sampling as cs
 from comfy_core.nodes import custom_schedulers as sch
 from comfy_core.sampling import guiders as guiders_module
+from comfy_core.sampling.apg import APGHook, project
+from comfy_core.sampling.common import with_pre_cfg_function
 from comfy_core.sampling.custom import EmptyNoise, RandomNoise, sampler_object
 from comfy_core.sampling.guiders import DualCFGDenoiser
 from comfy_core.sampling.ksampler import sample_latent
 from comfy_core.sampling.noise import prepare_noise
-from comfy_core.sampling.pre_cfg import APGHook, project, with_pre_cfg_function
 from comfy_core.sampling.schedulers import ksampler_sigmas
 
 SD15 = ModelSampling()
@@ -465,18 +466,27 @@ def test_dual_cfg_with_equal_prompts_is_plain_cfg(model, ctx):
     assert not torch.allclose(differs["samples"], plain["samples"], atol=1e-3)
 
 
-def test_pre_cfg_hooks_run_in_the_ksampler_and_the_guiders(model, ctx):
+def test_pre_cfg_hooks_run_once_per_step_in_the_ksampler_and_cfg_guider_not_in_dual_cfg(model, ctx):
     calls = []
 
     def identity(args):
         calls.append(len(args["conds_out"]))
         return args["conds_out"]
-    hooked = with_pre_cfg_function(model, identity)
+    hooked = model.clone()
+    hooked.model_options = with_pre_cfg_function(hooked.model_options, identity)
     expected = sample_latent(model, _empty(), POSITIVE, NEGATIVE, seed=4, steps=3, cfg=6.0, sampler_name="euler",
                              scheduler="normal")
     result = sample_latent(hooked, _empty(), POSITIVE, NEGATIVE, seed=4, steps=3, cfg=6.0, sampler_name="euler",
                            scheduler="normal")
-    assert torch.equal(result["samples"], expected["samples"]) and calls == [2, 2, 2]
+    assert calls == [2, 2, 2]  # once per step, never twice
+    assert torch.allclose(result["samples"], expected["samples"], atol=1e-5)
+    sigmas = sch.BasicScheduler().get_sigmas(model, "normal", 3, 1.0)[0]
+    guider = cs.CFGGuiderNode().get_guider(hooked, POSITIVE, NEGATIVE, 6.0)[0]
+    cs.SamplerCustomAdvanced().sample(RandomNoise(4), guider, sampler_object("euler"), sigmas, _empty())
+    assert calls == [2] * 6
+    dual = cs.DualCFGGuiderNode().get_guider(hooked, POSITIVE, NEGATIVE, NEGATIVE, 2.0, 6.0, "regular")[0]
+    cs.SamplerCustomAdvanced().sample(RandomNoise(4), dual, sampler_object("euler"), sigmas, _empty())
+    assert calls == [2] * 6  # ComfyUI's dual CFG combine skips pre-CFG hooks
     apg = cs.APG().patch(model, 0.0, 0.0, 0.0)[0]  # eta 0 drops the parallel guidance: a different image
     changed = sample_latent(apg, _empty(), POSITIVE, NEGATIVE, seed=4, steps=3, cfg=6.0, sampler_name="euler",
                             scheduler="normal")

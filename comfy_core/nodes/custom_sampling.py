@@ -12,6 +12,8 @@ from typing import Any
 
 import torch
 
+from ..sampling.apg import APGHook
+from ..sampling.common import with_pre_cfg_function
 from ..sampling.custom import (
     EmptyNoise,
     RandomNoise,
@@ -22,7 +24,6 @@ from ..sampling.custom import (
 )
 from ..sampling.guiders import BasicGuider, CFGGuider, DualCFGGuider
 from ..sampling.ksampler import fix_empty_latent_channels
-from ..sampling.pre_cfg import APGHook, with_pre_cfg_function
 from ..sampling.samplers import KSAMPLER_NAMES
 from ..sampling.samplers_sa import tau_interval
 from . import custom_schedulers
@@ -141,7 +142,9 @@ class APG:
         }}
 
     def patch(self, model, eta, norm_threshold, momentum):
-        return (with_pre_cfg_function(model, APGHook(eta, norm_threshold, momentum)),)
+        patched = model.clone()
+        patched.model_options = with_pre_cfg_function(patched.model_options, APGHook(eta, norm_threshold, momentum))
+        return (patched,)
 
 
 # -- guiders -----------------------------------------------------------------------------------------------------------

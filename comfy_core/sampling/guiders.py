@@ -16,11 +16,10 @@ from typing import Any
 
 import torch
 
-from .common import DISABLE_CFG1_OPTIMIZATION
+from .common import DISABLE_CFG1_OPTIMIZATION, PRE_CFG_FUNCTIONS
 from .custom import SamplerObject
-from .guidance import CFGDenoiser, Cond, calc_cond_batch
+from .guidance import CFGDenoiser, Cond, calc_cond_batch, merged_model_options
 from .ksampler import StepCallback, sample_guided
-from .pre_cfg import PreCFGDenoiser
 
 
 class CFGGuider:
@@ -43,7 +42,7 @@ class CFGGuider:
 
     def denoiser(self, conds: dict[str, list[Cond]]) -> Any:
         """The k-diffusion denoiser over the resolved conds (a missing list predicts zeros, as in ComfyUI)."""
-        return PreCFGDenoiser(self.model, conds.get("positive", []), conds.get("negative"), self.cfg)
+        return CFGDenoiser(self.model, conds.get("positive", []), conds.get("negative"), self.cfg)
 
     def sample(self, noise: torch.Tensor, latent_image: torch.Tensor, sampler: SamplerObject, sigmas: torch.Tensor,
                *, denoise_mask: torch.Tensor | None = None, on_step: StepCallback | None = None,
@@ -106,10 +105,11 @@ class DualCFGDenoiser:
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor, model_options: dict[str, Any] | None = None,
                  **_: Any) -> torch.Tensor:
-        options = {**self.model.model_options, **(model_options or {})}
+        options = merged_model_options(self.model.model_options, model_options)
+        combine_options = {**options, PRE_CFG_FUNCTIONS: []}  # ComfyUI's dual CFG runs no pre-CFG hooks
         if self.nested:
             neg, mid, pos = calc_cond_batch(self.model, [self.negative, self.middle, self.positive], x, sigma, options)
-            text = _Combine(self.model, self.positive, self.middle, self.cfg1, (pos, mid))(x, sigma, options)
+            text = _Combine(self.model, self.positive, self.middle, self.cfg1, (pos, mid))(x, sigma, combine_options)
             return neg + self.cfg2 * (text - neg)
         negative, middle = self.negative, self.middle
         if not options.get(DISABLE_CFG1_OPTIMIZATION, False) and math.isclose(self.cfg2, 1.0):
@@ -117,5 +117,5 @@ class DualCFGDenoiser:
             if math.isclose(self.cfg1, 1.0):
                 middle = None
         neg, mid, pos = calc_cond_batch(self.model, [negative, middle, self.positive], x, sigma, options)
-        guided = _Combine(self.model, middle, negative, self.cfg2, (mid, neg))(x, sigma, options)
+        guided = _Combine(self.model, middle, negative, self.cfg2, (mid, neg))(x, sigma, combine_options)
         return guided + (pos - mid) * self.cfg1

@@ -11,9 +11,8 @@ import torch.nn.functional as F
 
 from ..kernels.attention import requested_backend
 from .custom import SamplerObject, sampler_object
-from .guidance import Cond, InpaintDenoiser, prepare_conds
+from .guidance import CFGDenoiser, Cond, InpaintDenoiser, prepare_conds
 from .noise import inpaint_random_noise, prepare_noise
-from .pre_cfg import PreCFGDenoiser
 from .samplers import DISCARD_PENULTIMATE_SIGMA_SAMPLERS
 from .schedulers import ksampler_sigmas
 
@@ -110,8 +109,8 @@ def run_sampler(model, noise: torch.Tensor, sigmas: torch.Tensor, positive: list
                 sampler_name: str, latent_image: torch.Tensor, noise_mask: torch.Tensor | None, seed: int,
                 on_step: StepCallback | None, *, attention_backend: str | None = None) -> torch.Tensor:
     """The KSampler's run: CFG over positive/negative with a registered sampler (see `sample_guided`)."""
-    def cfg_denoiser(conds: dict[str, list[Cond]]) -> PreCFGDenoiser:
-        return PreCFGDenoiser(model, conds["positive"], conds["negative"], cfg)
+    def cfg_denoiser(conds: dict[str, list[Cond]]) -> CFGDenoiser:
+        return CFGDenoiser(model, conds["positive"], conds["negative"], cfg)
 
     return sample_guided(model, noise, sigmas, {"positive": positive, "negative": negative}, cfg_denoiser,
                          sampler_object(sampler_name), latent_image, noise_mask, seed, on_step,

@@ -1,44 +1,12 @@
-"""Pre-CFG hooks (ComfyUI's `model_options["sampler_pre_cfg_function"]`) and Adaptive Projected Guidance, their user.
-
-A pre-CFG hook sees the batched predictions before classifier-free guidance combines them and returns replacements:
-`conds_out = fn({"conds", "conds_out", "cond_scale", "timestep", "input", "sigma", "model", "model_options"})` with
-`conds_out = [cond, uncond]` denoised predictions (uncond is zeros when the cfg-1 shortcut skipped it).
-`PreCFGDenoiser` is the CFG denoiser that runs them; the KSampler and the CFG guiders use it.
+"""Adaptive Projected Guidance (Sadat et al. 2024, "Eliminating Oversaturation and Artifacts of High Guidance
+Scales in Diffusion Models"), ComfyUI's APG node, as a pre-CFG hook (`model_options["sampler_pre_cfg_function"]`,
+run by `guidance.CFGDenoiser` on the [cond, uncond] predictions before the combine).
 """
 from __future__ import annotations
 
 from typing import Any
 
 import torch
-
-from .guidance import CFGDenoiser
-
-PRE_CFG_FUNCTIONS = "sampler_pre_cfg_function"
-
-
-class PreCFGDenoiser(CFGDenoiser):
-    """CFGDenoiser whose cond/uncond predictions pass through the model's pre-CFG hooks before the combine
-    (both on the fused path, `predict_guided`, and the plain one). Without hooks it is CFGDenoiser exactly."""
-
-    def _predict(self, x: torch.Tensor, sigma: torch.Tensor,
-                 options: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, bool]:
-        cond, uncond, skipped = super()._predict(x, sigma, options)
-        hooks = options.get(PRE_CFG_FUNCTIONS)
-        if not hooks:
-            return cond, uncond, skipped
-        out = [cond, uncond]
-        for hook in hooks:
-            out = hook({"conds": [self.positive, self.negative], "conds_out": out, "cond_scale": self.cfg,
-                        "timestep": sigma, "input": x, "sigma": sigma, "model": self.model, "model_options": options})
-        return out[0], out[1], skipped
-
-
-def with_pre_cfg_function(model, fn) -> Any:
-    """A clone of MODEL with `fn` appended to its pre-CFG hooks (the original's options are left untouched)."""
-    patched = model.clone()
-    patched.model_options = {**patched.model_options,
-                             PRE_CFG_FUNCTIONS: [*patched.model_options.get(PRE_CFG_FUNCTIONS, []), fn]}
-    return patched
 
 
 def project(v0: torch.Tensor, v1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
