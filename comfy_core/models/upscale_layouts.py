@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,38 +24,13 @@ from torch import nn
 
 from ..errors import ModelLoadError
 from .esrgan import CompactConfig, RRDBConfig, RRDBNet, SRVGGNetCompact
-from .state_dict import StateDict, TensorDict, materialize, open_state_dict
+from .state_dict import RenamedView, StateDict, TensorDict, materialize, open_state_dict
 
 _WRAPPER_KEYS = ("params_ema", "params-ema", "params", "state_dict", "model", "net")
 _KNOWN = ("ESRGAN old (model.0.weight, model.1.sub.0.RDB1.conv1.0.weight), "
           "Real-ESRGAN/BasicSR (conv_first.weight, body.0.rdb1.conv1.weight, conv_body.weight, conv_last.weight), "
           "BSRGAN (conv_first.weight, RRDB_trunk.0.RDB1.conv1.weight, trunk_conv.weight, conv_last.weight), "
           "SRVGGNetCompact (body.0.weight, body.1.weight as PReLU)")
-
-
-class RenamedView(StateDict):
-    """`base` seen through new key names: names[new] = key in base (tensors are read lazily from base)."""
-
-    def __init__(self, base: StateDict, names: Mapping[str, str]):
-        self.base, self.names, self.path = base, dict(names), base.path
-
-    def __getitem__(self, key: str) -> torch.Tensor:
-        return self.base[self.names[key]]
-
-    def get_as(self, key: str, dtype: torch.dtype | None = None, device: torch.device | str = "cpu") -> torch.Tensor:
-        return self.base.get_as(self.names[key], dtype, device)
-
-    def shape(self, key: str) -> tuple[int, ...]:
-        return self.base.shape(self.names[key])
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.names)
-
-    def __len__(self) -> int:
-        return len(self.names)
-
-    def __contains__(self, key: object) -> bool:
-        return key in self.names
 
 
 @dataclass(frozen=True)
