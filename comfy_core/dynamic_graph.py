@@ -78,14 +78,15 @@ class ExecutionList:
     """The nodes still to run, what blocks each one, and which ready node runs next.
 
     `is_done(node)`: its outputs are available (cached or already run); such nodes are never added as
-    dependencies. `is_output(node)` / `is_async(node)` steer the pick; `is_lazy(node, input)` says an input is
-    not followed until asked for.
+    dependencies. `is_output(node)` / `is_async(node)` steer the pick; `lazy_inputs(node)` names the inputs that
+    are not followed until asked for.
     """
 
     def __init__(self, graph: DynamicPrompt, *, is_done: Callable[[str], bool], is_output: Callable[[str], bool],
-                 is_async: Callable[[str], bool], is_lazy: Callable[[str, str], bool]):
+                 is_async: Callable[[str], bool], lazy_inputs: Callable[[str], frozenset[str]]):
         self.graph = graph
-        self._is_done, self._is_output, self._is_async, self._is_lazy = is_done, is_output, is_async, is_lazy
+        self._is_done, self._is_output, self._is_async = is_done, is_output, is_async
+        self._lazy_inputs = lazy_inputs
         self.pending: dict[str, int] = {}  # node -> insertion number (ties in the pick go to the earliest)
         self.block_count: dict[str, int] = {}
         self.blocking: dict[str, dict[str, set[int]]] = {}  # from node -> {node it blocks: sockets}
@@ -106,21 +107,26 @@ class ExecutionList:
             self.block_count[current] = 0
             self.blocking[current] = {}
             self._ready.add(current)
+            lazy = frozenset() if include_lazy else self._lazy_inputs(current)
             for name, value in self.graph.get_node(current)["inputs"].items():
-                if not is_link(value) or (self._is_lazy(current, name) and not include_lazy):
+                if not is_link(value) or name in lazy:
                     continue
                 source = str(value[0])
                 if not self._is_done(source):
                     stack.append(source)
-                links.append((source, value[1], current))
+                    links.append((source, value[1], current))
         for source, slot, target in links:
-            self.add_strong_link(source, slot, target)
+            self._block(source, slot, target)
 
     def add_strong_link(self, source: str, slot: int, target: str) -> None:
         """`target` cannot run before `source` has (unless source's outputs are already available)."""
         if self._is_done(source):
             return
-        self.add_node(source)
+        if source not in self.pending:
+            self.add_node(source)
+        self._block(source, slot, target)
+
+    def _block(self, source: str, slot: int, target: str) -> None:
         blocked = self.blocking[source]
         if target not in blocked:
             blocked[target] = set()
@@ -156,6 +162,8 @@ class ExecutionList:
         del self.block_count[node_id]
 
     def _pick(self, ready: list[str]) -> str:
+        if len(ready) == 1:
+            return ready[0]
         for node_id in ready:
             if self._is_output(node_id) or self._is_async(node_id):
                 return node_id

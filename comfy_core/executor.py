@@ -8,7 +8,7 @@ import asyncio
 import inspect
 import logging
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, NamedTuple
 
 import msgspec
@@ -114,9 +114,11 @@ class _PromptRun:
         self._emit(event)
 
     def display(self, node_id: str) -> str:
-        return self.graph.get_display_node_id(node_id)
+        return self.graph.get_display_node_id(node_id) if self.graph.ephemeral else node_id
 
     def meta(self, node_id: str) -> dict[str, Any]:
+        if not self.graph.ephemeral:  # the common case: no expansion in this prompt
+            return {"node_id": node_id, "display_node": node_id, "parent_node": None, "real_node_id": node_id}
         return {"node_id": node_id, "display_node": self.display(node_id),
                 "parent_node": self.graph.get_parent_node_id(node_id),
                 "real_node_id": self.graph.get_real_node_id(node_id)}
@@ -153,6 +155,7 @@ class Executor:
         self.cache = cache
         self.instances: dict[tuple[str, str], Any] = {}
         self._specs: dict[type, dict[str, Any]] = {}  # INPUT_TYPES per class, for the prompt being run
+        self._coroutines: dict[tuple[type, str], bool] = {}  # whether a node method is `async def`
 
     def execute(self, prompt: dict[str, Any], outputs: list[str], prompt_id: str, extra_data: dict[str, Any],
                 ctx: node_context.NodeContext, emit: Callable[[Event], None]) -> RunRecord:
@@ -189,19 +192,21 @@ class Executor:
             return {**compute_signatures(prompt, others, self.registry, skip_broken=True), **signatures}
 
     def _execution_list(self, run: _PromptRun) -> ExecutionList:
-        def cls_of(node_id: str) -> type | None:
-            return self.registry.get(run.graph.get_node(node_id)["class_type"])
+        flags: dict[str, tuple[bool, bool, frozenset[str]]] = {}  # class_type -> (output, async, lazy inputs)
 
-        def is_lazy(node_id: str, name: str) -> bool:
-            cls = cls_of(node_id)
-            return cls is not None and bool(self._spec(cls)["lazy"].get(name))
+        def flags_of(node_id: str) -> tuple[bool, bool, frozenset[str]]:
+            class_type = run.graph.get_node(node_id)["class_type"]
+            if class_type not in flags:
+                cls = self.registry.get(class_type)
+                flags[class_type] = (False, False, frozenset()) if cls is None else (
+                    getattr(cls, "OUTPUT_NODE", False) is True,
+                    inspect.iscoroutinefunction(getattr(cls, cls.FUNCTION, None)),
+                    frozenset(k for k, lazy in self._spec(cls)["lazy"].items() if lazy))
+            return flags[class_type]
 
-        def is_async(node_id: str) -> bool:
-            cls = cls_of(node_id)
-            return cls is not None and inspect.iscoroutinefunction(getattr(cls, cls.FUNCTION, None))
-
-        return ExecutionList(run.graph, is_done=lambda n: n in run.results, is_lazy=is_lazy, is_async=is_async,
-                             is_output=lambda n: getattr(cls_of(n), "OUTPUT_NODE", False) is True)
+        return ExecutionList(run.graph, is_done=run.results.__contains__,
+                             is_output=lambda n: flags_of(n)[0], is_async=lambda n: flags_of(n)[1],
+                             lazy_inputs=lambda n: flags_of(n)[2])
 
     @staticmethod
     def _next_node(order: ExecutionList) -> str:
@@ -294,7 +299,7 @@ class Executor:
             with node_context.use(node_ctx):
                 if self._requests_lazy_inputs(order, node_id, obj, cls, inputs, missing, node_ctx):
                     return None
-                results = self._map_over_lists(obj, cls, inputs, node_ctx, on_block=self._block_reporter(run, node_id))
+                results = self._report_blocks(run, node_id, self._map_over_lists(obj, cls, inputs, node_ctx))
             calls = [_split_call(r, len(getattr(cls, "RETURN_TYPES", ()))) for r in results]
             if any(call.expand is not None for call in calls):
                 self._expand(run, order, node_id, calls, ctx)
@@ -343,43 +348,52 @@ class Executor:
         return any(linked)
 
     @staticmethod
-    def _block_reporter(run: _PromptRun, node_id: str) -> Callable[[ExecutionBlocker], ExecutionBlocker]:
-        """A blocker with a message reports it once (an execution_error that does not stop the prompt), then
-        travels on silently."""
-        def on_block(blocker: ExecutionBlocker) -> ExecutionBlocker:
-            if blocker.message is None:
-                return blocker
+    def _report_blocks(run: _PromptRun, node_id: str, results: list[Any]) -> list[Any]:
+        """A call blocked by an ExecutionBlocker with a message reports it (an execution_error that does not stop
+        the prompt); the blocker then travels on silently."""
+        for index, result in enumerate(results):
+            if not isinstance(result, ExecutionBlocker) or result.message is None:
+                continue
             run.emit(ExecutionError(
                 prompt_id=run.prompt_id, node_id=node_id, node_type=run.graph.get_node(node_id)["class_type"],
-                executed=list(run.executed), exception_message=f"Execution Blocked: {blocker.message}",
+                executed=list(run.executed), exception_message=f"Execution Blocked: {result.message}",
                 exception_type="ExecutionBlocked", traceback=[], current_inputs=[], current_outputs=[],
                 timestamp=now_ms()))
-            return ExecutionBlocker(None)
-        return on_block
+            results[index] = ExecutionBlocker(None)
+        return results
 
-    @staticmethod
-    def _map_over_lists(obj: Any, cls: type, inputs: dict[str, list[Any]], ctx, *, function: str | None = None,
-                        on_block: Callable[[ExecutionBlocker], Any] | None = None) -> list[Any]:
+    def _map_over_lists(self, obj: Any, cls: type, inputs: dict[str, list[Any]], ctx, *,
+                        function: str | None = None) -> list[Any]:
         """ComfyUI list semantics: one call with whole lists, or one call per index (short lists repeat their
         last). A call whose inputs hold an ExecutionBlocker is not made; the blocker is its result."""
         fn = getattr(obj, function or cls.FUNCTION)
-        call = (lambda **kw: asyncio.run(fn(**kw))) if inspect.iscoroutinefunction(fn) else fn
+        if self._is_coroutine(cls, function or cls.FUNCTION):
+            fn = (lambda f: lambda **kw: asyncio.run(f(**kw)))(fn)
         whole_lists = bool(getattr(cls, "INPUT_IS_LIST", False))
         if whole_lists:
-            slices = [inputs]
+            slices: Iterable[dict[str, Any]] = (inputs,)
         else:
-            count = max((len(v) for v in inputs.values()), default=0)
-            slices = [{k: v[min(i, len(v) - 1)] for k, v in inputs.items()} for i in range(count)] or [{}]
+            count = max(map(len, inputs.values()), default=0)
+            if count <= 1:  # the usual case: one call
+                slices = ({k: v[0] for k, v in inputs.items()},) if count else ({},)
+            else:
+                slices = ({k: v[min(i, len(v) - 1)] for k, v in inputs.items()} for i in range(count))
         results = []
         for index, kwargs in enumerate(slices):
             ctx.check_interrupted()
             blocker = _first_blocker(kwargs, whole_lists)
             if blocker is not None:
-                results.append(on_block(blocker) if on_block else blocker)
+                results.append(blocker)
                 continue
             ctx.start_call(index)
-            results.append(call(**kwargs))
+            results.append(fn(**kwargs))
         return results
+
+    def _is_coroutine(self, cls: type, function: str) -> bool:
+        key = (cls, function)
+        if key not in self._coroutines:
+            self._coroutines[key] = inspect.iscoroutinefunction(getattr(cls, function, None))
+        return self._coroutines[key]
 
     @staticmethod
     def _merge_calls(cls: type, calls: list[_Call],

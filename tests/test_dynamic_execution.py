@@ -191,7 +191,7 @@ def test_order_picks_the_node_two_steps_from_an_output_first():
               "c": {"class_type": "K", "inputs": {"v": ["b", 0], "w": ["x", 0]}},
               "out": {"class_type": "K", "inputs": {"v": ["c", 0]}}}
     order = ExecutionList(DynamicPrompt(prompt), is_done=lambda n: False, is_output=lambda n: n == "out",
-                          is_async=lambda n: False, is_lazy=lambda n, i: False)
+                          is_async=lambda n: False, lazy_inputs=lambda n: frozenset())
     order.add_node("out")
     ran = []
     while not order.is_empty():
