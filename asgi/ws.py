@@ -19,7 +19,8 @@ Dead sockets are removed when their sender fails or their reader sees the discon
 
 Binary frames: a `PreviewFrame` goes out as type 1 (BE u32 1, BE u32 format 1=JPEG/2=PNG, image bytes), or as type 4
 (BE u32 4, BE u32 length, metadata JSON, image bytes) to clients that sent `{"type": "feature_flags", "data":
-{"supports_preview_metadata": true}}` as their first text message.
+{"supports_preview_metadata": true}}` as their first text message. A frame that carries a node's output image
+(SaveImageWebsocket; `PreviewFrame.lossy` False) is never dropped as lossy.
 """
 from __future__ import annotations
 
@@ -148,7 +149,7 @@ class WebSocketHub:
         if isinstance(event, PreviewFrame):
             frames = _PreviewFrames(event)
             for client in targets:
-                self._push(client, frames.for_client(client), lossy=True)
+                self._push(client, frames.for_client(client), lossy=event.lossy)
             return
         text = _text(message.type, event)
         for client in targets:

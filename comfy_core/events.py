@@ -34,7 +34,7 @@ class Status(Event):
     status: dict[str, Any]  # {"exec_info": {"queue_remaining": n}}
 
     @classmethod
-    def remaining(cls, n: int) -> "Status":
+    def remaining(cls, n: int) -> Status:
         return cls(status={"exec_info": {"queue_remaining": n}})
 
 
@@ -121,6 +121,15 @@ class PreviewFrame(Event):
     image_type: str  # "image/jpeg" | "image/png"
     prompt_id: str
     node_id: str
+    lossy: bool = True  # False for an image that is a node's output (SaveImageWebsocket): never dropped
+
+
+class OutputImage(msgspec.Struct, frozen=True):
+    """An encoded image a node passes as the `preview` of a progress report to send it to the prompt's client as
+    a binary frame even when previews are off (ComfyUI's SaveImageWebsocket goes through the same channel)."""
+
+    image: bytes
+    image_type: str = "image/png"
 
 
 # Events ComfyUI sends to every socket when the prompt has no client (the rest go to the prompt's client only).
@@ -143,13 +152,13 @@ Callback = Callable[[Message], None]
 
 
 class Subscription:
-    def __init__(self, bus: "EventBus", callback: Callback, client_id: str | None):
+    def __init__(self, bus: EventBus, callback: Callback, client_id: str | None):
         self.bus, self.callback, self.client_id = bus, callback, client_id
 
     def close(self) -> None:
         self.bus._remove(self)
 
-    def __enter__(self) -> "Subscription":
+    def __enter__(self) -> Subscription:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -17,8 +17,21 @@ from . import context as node_context
 from .cache import CachedResult, OutputCache
 from .dynamic_graph import DependencyCycleError, DynamicPrompt, ExecutionList
 from .errors import Interrupted, NodeExecutionError
-from .events import (Event, Executed, Executing, ExecutionCached, ExecutionError, ExecutionInterrupted,
-                     ExecutionStart, ExecutionSuccess, PreviewFrame, Progress, ProgressState, now_ms)
+from .events import (
+    Event,
+    Executed,
+    Executing,
+    ExecutionCached,
+    ExecutionError,
+    ExecutionInterrupted,
+    ExecutionStart,
+    ExecutionSuccess,
+    OutputImage,
+    PreviewFrame,
+    Progress,
+    ProgressState,
+    now_ms,
+)
 from .graph import _type_name, is_link
 from .graph_utils import ExecutionBlocker
 from .nodes.registry import NodeRegistry
@@ -141,7 +154,10 @@ class _PromptRun:
         def on_progress(value: int, total: int, preview: Any) -> None:
             self._emit(Progress(value=value, max=total, prompt_id=self.prompt_id, node=node_id))
             self.node_state(node_id, "running", value, total)
-            if preview is not None and wants_previews:
+            if isinstance(preview, OutputImage):  # a node's output image: sent whatever the preview method
+                self._emit(PreviewFrame(image=preview.image, image_type=preview.image_type, prompt_id=self.prompt_id,
+                                        node_id=node_id, lossy=False))
+            elif preview is not None and wants_previews:
                 self._emit(PreviewFrame(image=preview, image_type="image/jpeg", prompt_id=self.prompt_id,
                                         node_id=node_id))
         return on_progress

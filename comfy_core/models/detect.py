@@ -8,7 +8,7 @@ Families (ComfyUI config names in brackets):
 - "sd2_unclip"   SD2.1 unCLIP [SD21UnclipL/H]: SD2 UNet + ADM input (CLIP image embedding + noise level).
 - "sdxl"         SDXL base [SDXL]: ADM = pooled bigG + 6x256 Fourier features, no attention at level 0.
 - "sdxl_refiner" [SDXLRefiner]: ADM = pooled bigG + 5x256; context = bigG width = pooled width.
-Inpaint variants have in_channels 9 (x + mask + masked-image latent).
+Inpaint variants have in_channels 9 (x + mask + masked-image latent); InstructPix2Pix ones 8 (x + source latent).
 """
 from __future__ import annotations
 
@@ -41,7 +41,12 @@ class ModelSpec:
 
     @property
     def inpaint(self) -> bool:
-        return self.unet.in_channels > self.unet.out_channels
+        return self.unet.in_channels == self.unet.out_channels * 2 + 1
+
+    @property
+    def ip2p(self) -> bool:
+        """InstructPix2Pix: the edited image's latent is concatenated to the input (ComfyUI's *_instructpix2pix)."""
+        return self.unet.in_channels == self.unet.out_channels * 2
 
     @property
     def comfy_name(self) -> str:
@@ -206,8 +211,9 @@ def detect_model(sd: Mapping, prefix: str | None = None, source: str = "state di
         family = _family(cfg)
     except ModelLoadError as e:
         raise ModelLoadError(f"{source}: {e}") from None
-    if cfg.in_channels not in (cfg.out_channels, cfg.out_channels * 2 + 1):
-        raise ModelLoadError(f"{source}: unsupported UNet input channels {cfg.in_channels} (want 4, or 9 for inpaint)")
+    if cfg.in_channels not in (cfg.out_channels, cfg.out_channels * 2, cfg.out_channels * 2 + 1):
+        raise ModelLoadError(f"{source}: unsupported UNet input channels {cfg.in_channels} "
+                             "(want 4, 8 for InstructPix2Pix or 9 for inpaint)")
     if "v_pred" in sd:  # ComfyUI writes this marker when it saves a v-prediction model
         prediction: Literal["eps", "v"] = "v"
     elif family in ("sd2", "sd2_unclip"):

@@ -153,6 +153,8 @@ class DiffusionModel:
         out: dict[str, torch.Tensor] = {}
         if self.spec.inpaint:
             out["c_concat"] = self.concat_cond(**kw)
+        elif self.spec.ip2p:
+            out["c_concat"] = self.ip2p_concat_cond(noise, kw.get("concat_latent_image"))
         y = self.encode_adm(**kw)
         if y is not None:
             out["y"] = repeat_to_batch(y, noise.shape[0])
@@ -208,6 +210,15 @@ class DiffusionModel:
             mask = resize_center(mask, noise.shape[-2:])
         mask = resize_to_batch(mask.round(), noise.shape[0])
         return torch.cat([mask.to(noise), image.to(noise)], dim=1)
+
+    def ip2p_concat_cond(self, noise: torch.Tensor, image: torch.Tensor | None) -> torch.Tensor:
+        """The source latent for InstructPix2Pix models, as VAE-encoded (not scaled, as ComfyUI's SD1.5/SDXL ip2p);
+        zeros when the conditioning has none."""
+        if image is None:
+            return torch.zeros_like(noise)
+        if image.shape[1:] != noise.shape[1:]:
+            image = resize_center(image, noise.shape[-2:])
+        return resize_to_batch(image, noise.shape[0]).to(noise)
 
 
 def _unclip_seed(kw: Mapping[str, Any]) -> int:

@@ -10,7 +10,7 @@ BUILTIN_MODULES = (
     "clip_vision", "controlnet", "preprocessors",
     # ComfyUI's comfy_extras families, one module each
     "custom_sampling", "latent_ops", "image_ops", "mask_ops", "strings", "model_patches", "model_merging",
-    "upscale_models",
+    "upscale_models", "extras",
 )
 
 

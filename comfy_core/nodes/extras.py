@@ -1,0 +1,185 @@
+"""More SD nodes that workflows use: SaveImageWebsocket, Perp-Neg (MODEL patch and GUIDER), InstructPix2Pix
+conditioning, CLIPTextEncodeControlnet and WebcamCapture, with ComfyUI 0.3.64's schemas.
+
+SaveImageWebsocket sends each image to the prompt's client as the binary websocket frame ComfyUI's
+`websockets_api_example_ws_images.py` reads (BE u32 1, BE u32 2 = PNG, PNG bytes), through the progress channel as
+ComfyUI does (progress value = image index), whatever the preview method; the frame is never dropped as lossy.
+"""
+from __future__ import annotations
+
+import io
+import time
+from typing import Any
+
+import torch
+
+from .. import context
+from ..events import OutputImage
+from ..images import tensor_to_pil
+from ..sampling.common import CFG_FUNCTION
+from ..sampling.perp_neg import PerpNegGuider, perp_neg_cfg_function
+from .image import LoadImage
+from .inputs import MAX_RESOLUTION, int_input
+from .sampling import _cfg_options
+from .text import _prompt, _require
+from .vae import check_vae, interrupt_check
+
+PERPNEG_MODULE = "comfy_extras.nodes_perpneg"
+
+
+def png_frame_image(image: torch.Tensor) -> bytes:
+    """One IMAGE row [H,W,C] as the PNG ComfyUI sends over the websocket (compress level 1, no metadata)."""
+    out = io.BytesIO()
+    tensor_to_pil(image).save(out, format="PNG", compress_level=1)
+    return out.getvalue()
+
+
+class SaveImageWebsocket:
+    RELATIVE_PYTHON_MODULE = "custom_nodes.websocket_image_save"
+    CATEGORY = "api/image"
+    RETURN_TYPES = ()
+    FUNCTION = "save_images"
+    OUTPUT_NODE = True
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"images": ("IMAGE",)}}
+
+    @classmethod
+    def IS_CHANGED(cls, images):
+        return time.time()  # ComfyUI's node: the images are sent again on every run
+
+    def save_images(self, images: torch.Tensor):
+        ctx = context.current()
+        total = images.shape[0]
+        for index in range(total):
+            ctx.progress(index, total, OutputImage(png_frame_image(images[index])))
+        return {}
+
+
+# -- Perp-Neg -----------------------------------------------------------------------------------------------------
+def _neg_scale() -> tuple[str, dict[str, Any]]:
+    return ("FLOAT", {"default": 1.0, "min": 0.0, "max": 100.0, "step": 0.01})
+
+
+class PerpNeg:
+    INFO_V3 = True
+    DISPLAY_NAME = "Perp-Neg (DEPRECATED by PerpNegGuider)"
+    DEPRECATED = True
+    EXPERIMENTAL = True
+    RELATIVE_PYTHON_MODULE = PERPNEG_MODULE
+    CATEGORY = "_for_testing"
+    RETURN_TYPES = ("MODEL",)
+    FUNCTION = "patch"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"model": ("MODEL", {}), "empty_conditioning": ("CONDITIONING", {}),
+                             "neg_scale": _neg_scale()}}
+
+    def patch(self, model, empty_conditioning: list, neg_scale: float):
+        m = model.clone()
+        m.model_options[CFG_FUNCTION] = perp_neg_cfg_function(empty_conditioning, float(neg_scale))
+        return (m,)
+
+
+class PerpNegGuiderNode:
+    INFO_V3 = True
+    EXPERIMENTAL = True
+    RELATIVE_PYTHON_MODULE = PERPNEG_MODULE
+    CATEGORY = "_for_testing"
+    RETURN_TYPES = ("GUIDER",)
+    FUNCTION = "get_guider"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"model": ("MODEL", {}), "positive": ("CONDITIONING", {}),
+                             "negative": ("CONDITIONING", {}), "empty_conditioning": ("CONDITIONING", {}),
+                             "cfg": ("FLOAT", _cfg_options()), "neg_scale": _neg_scale()}}
+
+    def get_guider(self, model, positive, negative, empty_conditioning, cfg, neg_scale):
+        guider = PerpNegGuider(model)
+        guider.set_conds(positive, negative, empty_conditioning)
+        guider.set_cfg(cfg, neg_scale)
+        return (guider,)
+
+
+# -- conditioning -------------------------------------------------------------------------------------------------
+def _with_extras(conditioning: list, **extras: Any) -> list:
+    """A copy of a CONDITIONING list with `extras` set on every entry (the tensors are shared, not copied)."""
+    return [[cond, {**options, **extras}] for cond, options in conditioning]
+
+
+class InstructPixToPixConditioning:
+    INFO_V3 = True
+    RELATIVE_PYTHON_MODULE = "comfy_extras.nodes_ip2p"
+    CATEGORY = "conditioning/instructpix2pix"
+    RETURN_TYPES = ("CONDITIONING", "CONDITIONING", "LATENT")
+    RETURN_NAMES = ("positive", "negative", "latent")
+    FUNCTION = "encode"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"positive": ("CONDITIONING", {}), "negative": ("CONDITIONING", {}),
+                             "vae": ("VAE", {}), "pixels": ("IMAGE", {})}}
+
+    def encode(self, positive: list, negative: list, pixels: torch.Tensor, vae: Any):
+        check_vae(vae)
+        height, width = (pixels.shape[1] // 8) * 8, (pixels.shape[2] // 8) * 8
+        top, left = (pixels.shape[1] % 8) // 2, (pixels.shape[2] % 8) // 2  # centred crop to multiples of 8
+        pixels = pixels[:, top:top + height, left:left + width, :3]
+        source = vae.encode(pixels, interrupt_check())  # [B,4,H/8,W/8], unscaled (the UNet's c_concat)
+        return (_with_extras(positive, concat_latent_image=source),
+                _with_extras(negative, concat_latent_image=source),
+                {"samples": torch.zeros_like(source)})
+
+
+class CLIPTextEncodeControlnet:
+    INFO_V3 = True
+    EXPERIMENTAL = True
+    RELATIVE_PYTHON_MODULE = "comfy_extras.nodes_cond"
+    CATEGORY = "_for_testing/conditioning"
+    RETURN_TYPES = ("CONDITIONING",)
+    FUNCTION = "encode"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        text = _prompt()
+        return {"required": {"clip": ("CLIP", {}), "conditioning": ("CONDITIONING", {}), "text": text}}
+
+    def encode(self, clip, conditioning: list, text: str):
+        clip = _require(clip, (), "CLIPTextEncodeControlnet")
+        cond, pooled = clip.encode_from_tokens(clip.tokenize(text), return_pooled=True)
+        return (_with_extras(conditioning, cross_attn_controlnet=cond, pooled_output_controlnet=pooled),)
+
+
+# -- image --------------------------------------------------------------------------------------------------------
+class WebcamCapture(LoadImage):
+    """LoadImage for the frontend's webcam widget: it uploads the frame (already sized) and sends its name."""
+
+    RELATIVE_PYTHON_MODULE = "comfy_extras.nodes_webcam"
+    RETURN_TYPES = ("IMAGE",)
+    FUNCTION = "load_capture"
+    CATEGORY = "image"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        size = int_input(0, 0, MAX_RESOLUTION)
+        return {"required": {"image": ("WEBCAM", {}), "width": size, "height": size,
+                             "capture_on_queue": ("BOOLEAN", {"default": True})}}
+
+    def load_capture(self, image: str, **_: Any):
+        return self.load_image(image)[:1]
+
+
+NODE_CLASS_MAPPINGS = {
+    "SaveImageWebsocket": SaveImageWebsocket,
+    "PerpNeg": PerpNeg,
+    "PerpNegGuider": PerpNegGuiderNode,
+    "InstructPixToPixConditioning": InstructPixToPixConditioning,
+    "CLIPTextEncodeControlnet": CLIPTextEncodeControlnet,
+    "WebcamCapture": WebcamCapture,
+}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "WebcamCapture": "Webcam Capture",
+}

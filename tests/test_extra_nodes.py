@@ -1,0 +1,344 @@
+"""comfy_core.nodes.extras: SaveImageWebsocket over a real socket, Perp-Neg (formula, guider, MODEL patch, engine),
+InstructPix2Pix (8-channel UNet detection, c_concat, the conditioning node), CLIPTextEncodeControlnet, WebcamCapture."""
+from __future__ import annotations
+
+import io
+import json
+import struct
+import time
+
+import fixtures_models as fm
+import fixtures_text
+import numpy as np
+import pytest
+import torch
+from comfy_core.asgi import create_app
+from fixtures_asgi import running_server
+from fixtures_ksampler import (
+    KEEP_LATENT,
+    LATENT,
+    LOADER,
+    NEG,
+    POS,
+    base_graph,
+    ksampler,
+    make_engine,
+    structured_png,
+)
+from fixtures_nodes import node_context
+from PIL import Image
+
+from comfy_core import context
+from comfy_core.errors import ModelLoadError
+from comfy_core.models.detect import detect_model
+from comfy_core.models.model_sampling import ModelSampling
+from comfy_core.models.unet import UNetConfig
+from comfy_core.nodes import extras
+from comfy_core.sampling.guidance import CFGDenoiser, calc_cond_batch, prepare_conds
+from comfy_core.sampling.perp_neg import PerpNegDenoiser, perp_neg
+
+CKPT = "tiny.safetensors"
+
+
+# -- SaveImageWebsocket -------------------------------------------------------------------------------------------
+def _http_json(url, body):
+    import urllib.request
+
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
+
+
+def _frames_until_done(ws, prompt_id, timeout=30.0):
+    """websockets_api_example_ws_images.py's loop: binary frames while our prompt runs, until executing null."""
+    frames, current = [], None
+    deadline = time.monotonic() + timeout
+    while True:
+        frame = ws.recv(timeout=max(0.1, deadline - time.monotonic()))
+        if isinstance(frame, bytes):
+            frames.append((current, frame))
+            continue
+        message = json.loads(frame)
+        if message["type"] == "executing" and message["data"].get("prompt_id") == prompt_id:
+            current = message["data"]["node"]
+            if current is None:
+                return frames
+
+
+def _websocket_prompt():
+    # two 8x4 images of known colours; SaveImageWebsocket as ComfyUI's example names it
+    return {
+        "1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 4, "batch_size": 1, "color": 0xFF8000}},
+        "2": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 4, "batch_size": 1, "color": 0x0080FF}},
+        "3": {"class_type": "ImageBatch", "inputs": {"image1": ["1", 0], "image2": ["2", 0]}},
+        "save_image_websocket_node": {"class_type": "SaveImageWebsocket", "inputs": {"images": ["3", 0]}},
+    }
+
+
+def test_save_image_websocket_sends_png_frames_to_its_client_only(tmp_path):
+    from websockets.sync.client import connect
+
+    from comfy_core import Engine, EngineConfig
+
+    engine = Engine(EngineConfig(models_dir=str(tmp_path / "m"), input_dir=str(tmp_path / "i"),
+                                 output_dir=str(tmp_path / "o"), temp_dir=str(tmp_path / "t")))  # previews off
+    # a lossy budget of 0 drops every lossy message: the images must still arrive
+    app = create_app(engine, owns_engine=True, ws_lossy_buffer=0)
+    with running_server(app) as base:
+        url = base.replace("http://", "ws://") + "/ws?clientId="
+        with connect(url + "me") as ws, connect(url + "other") as other:
+            assert json.loads(ws.recv(timeout=10))["type"] == "status"
+            assert json.loads(other.recv(timeout=10))["type"] == "status"
+            for _ in range(2):  # twice: the node re-runs every time (ComfyUI's IS_CHANGED is the clock)
+                prompt_id = _http_json(base + "/prompt", {"prompt": _websocket_prompt(), "client_id": "me"})["prompt_id"]
+                frames = _frames_until_done(ws, prompt_id)
+                assert [node for node, _ in frames] == ["save_image_websocket_node"] * 2
+                colours = []
+                for _, frame in frames:
+                    assert struct.unpack(">II", frame[:8]) == (1, 2)  # PREVIEW_IMAGE, PNG
+                    image = Image.open(io.BytesIO(frame[8:]))
+                    assert image.format == "PNG" and image.size == (8, 4) and image.mode == "RGB"
+                    colours.append(image.getpixel((3, 2)))
+                assert colours == [(255, 128, 0), (0, 128, 255)]
+            with pytest.raises(TimeoutError):  # the other client got status/queue messages only, no frames
+                while True:
+                    assert isinstance(other.recv(timeout=0.5), str)
+
+
+def test_save_image_websocket_progress_channel(tmp_path):
+    """Library view: one progress report per image (value = index, as ComfyUI's ProgressBar.update_absolute)."""
+    seen = []
+    ctx = node_context(tmp_path, on_progress=lambda v, t, p: seen.append((v, t, p)))
+    images = torch.rand(3, 5, 6, 3)
+    with context.use(ctx):
+        assert extras.SaveImageWebsocket().save_images(images) == {}
+    assert [(v, t) for v, t, _ in seen] == [(0, 3), (1, 3), (2, 3)]
+    decoded = torch.tensor(np.asarray(Image.open(io.BytesIO(seen[2][2].image))).tolist()).reshape(5, 6, 3)
+    assert torch.equal(decoded, (images[2] * 255).clamp(0, 255).to(torch.uint8).long())  # truncation, as ComfyUI
+    assert seen[0][2].image_type == "image/png"
+
+
+# -- Perp-Neg -----------------------------------------------------------------------------------------------------
+def test_perp_neg_formula_by_hand():
+    empty = torch.zeros(1, 2)
+    positive, negative = torch.tensor([[1.0, 0.0]]), torch.tensor([[1.0, 1.0]])
+    # pos = (1,0), neg = (1,1): perp = neg - (<neg,pos>/|pos|²) pos = (0,1); result = 3·((1,0) - 2·(0,1))
+    assert torch.equal(perp_neg(positive, negative, empty, 2.0, 3.0), torch.tensor([[3.0, -6.0]]))
+    # a negative parallel to the positive has no perpendicular part: plain guidance from the empty prompt
+    empty, positive = torch.tensor([[0.5, 0.5]]), torch.tensor([[1.5, 0.5]])  # pos = (1, 0)
+    assert torch.allclose(perp_neg(positive, torch.tensor([[3.5, 0.5]]), empty, 5.0, 2.0),
+                          torch.tensor([[0.5 + 2 * 1.0, 0.5]]))
+
+
+class TokenModel:
+    """apply_model predicts, for each row, the first context token reshaped to the latent ([B,16] -> [B,4,2,2])."""
+
+    def __init__(self):
+        self.model_sampling = ModelSampling()
+        self.model_options = {}
+        self.batches = []
+
+    def extra_conds(self, **kw):
+        return {}
+
+    def apply_model(self, x, sigma, *, context, y=None, c_concat=None, control=None, transformer_options=None):
+        self.batches.append(x.shape[0])
+        return context[:, 0, :16].reshape(x.shape).clone()
+
+    def clone(self):
+        other = TokenModel()
+        other.model_options = dict(self.model_options)
+        return other
+
+
+def _token_cond(seed):
+    return [[torch.randn(1, 1, 16, generator=torch.Generator().manual_seed(seed)), {}]]
+
+
+def _prepared(model, conditioning, x):
+    return prepare_conds(model, conditioning, x, prompt_type="negative")
+
+
+def test_perp_neg_guider_and_model_patch_match_the_formula():
+    model, x, sigma = TokenModel(), torch.zeros(1, 4, 2, 2), torch.tensor([3.0])
+    pos, neg, empty = _token_cond(1), _token_cond(2), _token_cond(3)
+    d = {n: c[0][0][:, 0].reshape(1, 4, 2, 2) for n, c in (("pos", pos), ("neg", neg), ("empty", empty))}
+    p, q = d["pos"] - d["empty"], d["neg"] - d["empty"]
+    expected = d["empty"] + 4.0 * (p - 1.5 * (q - (p * q).sum() / (p * p).sum() * p))
+    guided = PerpNegDenoiser(model, _prepared(model, pos, x), _prepared(model, neg, x), _prepared(model, empty, x),
+                             4.0, 1.5)(x, sigma)
+    assert torch.allclose(guided, expected, atol=1e-5)
+    assert model.batches == [3]  # the three prompts in one model call
+    patched = extras.PerpNeg().patch(model, empty, 1.5)[0]
+    via_cfg = CFGDenoiser(patched, _prepared(patched, pos, x), _prepared(patched, neg, x), 4.0)(x, sigma)
+    assert torch.allclose(via_cfg, expected, atol=1e-5)
+    assert not model.model_options  # the patch is on a clone
+
+
+def test_perp_neg_guider_cfg1_shortcuts():
+    model, x, sigma = TokenModel(), torch.zeros(1, 4, 2, 2), torch.tensor([1.0])
+    pos, neg, empty = (_prepared(model, _token_cond(s), x) for s in (1, 2, 3))
+    out = PerpNegDenoiser(model, pos, neg, empty, 1.0, 0.0)(x, sigma)
+    assert torch.allclose(out, calc_cond_batch(model, [pos], x, sigma, {})[0])
+    assert model.batches[0] == 1  # neg_scale 0 and cfg 1: only the positive prompt is evaluated
+    model.batches.clear()
+    PerpNegDenoiser(model, pos, neg, empty, 2.0, 0.0)(x, sigma)
+    assert model.batches == [2]  # neg_scale 0: the negative prompt is skipped
+    model.batches.clear()
+    PerpNegDenoiser(model, pos, neg, empty, 1.0, 0.0)(x, sigma, model_options={"disable_cfg1_optimization": True})
+    assert model.batches == [3]
+
+
+def test_perp_neg_guider_node_and_patch_node_agree_through_engine(tmp_path):
+    """PerpNegGuider under SamplerCustomAdvanced and the PerpNeg MODEL patch under KSampler are the same guidance."""
+    models = tmp_path / "models"
+    fm.write_checkpoint(models / "checkpoints" / CKPT, "sd1")
+    kept: dict = {}
+    engine = make_engine(tmp_path, models, kept)
+    try:
+        prompt = base_graph(CKPT, 32, 32)
+        prompt["50"] = {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": [LOADER, 1]}}
+        prompt["51"] = {"class_type": "PerpNeg", "inputs": {"model": [LOADER, 0], "empty_conditioning": ["50", 0],
+                                                             "neg_scale": 0.7}}
+        prompt["3"] = {**ksampler([LATENT, 0], seed=5, steps=3, cfg=5.0), }
+        prompt["3"]["inputs"]["model"] = ["51", 0]
+        prompt["30"] = {"class_type": "RandomNoise", "inputs": {"noise_seed": 5}}
+        prompt["31"] = {"class_type": "PerpNegGuider", "inputs": {
+            "model": [LOADER, 0], "positive": [POS, 0], "negative": [NEG, 0], "empty_conditioning": ["50", 0],
+            "cfg": 5.0, "neg_scale": 0.7}}
+        prompt["32"] = {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "euler"}}
+        prompt["33"] = {"class_type": "BasicScheduler", "inputs": {"model": [LOADER, 0], "scheduler": "normal",
+                                                                    "steps": 3, "denoise": 1.0}}
+        prompt["34"] = {"class_type": "SamplerCustomAdvanced", "inputs": {
+            "noise": ["30", 0], "guider": ["31", 0], "sampler": ["32", 0], "sigmas": ["33", 0],
+            "latent_image": [LATENT, 0]}}
+        prompt["60"] = ksampler([LATENT, 0], seed=5, steps=3, cfg=5.0)  # plain CFG, for contrast
+        prompt[KEEP_LATENT] = {"class_type": "KeepLatent", "inputs": {"value": ["3", 0], "key": "patch"}}
+        prompt["22"] = {"class_type": "KeepLatent", "inputs": {"value": ["34", 0], "key": "guider"}}
+        prompt["23"] = {"class_type": "KeepLatent", "inputs": {"value": ["60", 0], "key": "cfg"}}
+        engine.run(prompt)
+    finally:
+        engine.close()
+    patch, guider, cfg = (kept[k]["samples"] for k in ("patch", "guider", "cfg"))
+    assert patch.shape == (1, 4, 4, 4) and torch.isfinite(patch).all()
+    assert torch.allclose(patch, guider, atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(patch, cfg, atol=1e-3)
+
+
+# -- InstructPix2Pix ----------------------------------------------------------------------------------------------
+def _ip2p_checkpoint(path):
+    cfg = UNetConfig(**{**fm.TINY_UNETS["sd1"].__dict__, "in_channels": 8})
+    from comfy_core.models.unet import UNetModel
+
+    sd = {fm.UNET_PREFIX + k: v.half() for k, v in fm.randomize(fm._shapes(lambda: UNetModel(cfg)), 0).items()}
+    sd.update(fm.vae_state_dict(seed=100, dtype=torch.float16, prefix=fm.VAE_PREFIX))
+    sd.update(fixtures_text.tiny_sd1_text(dtype=torch.float16))
+    return fm.write(path, sd)
+
+
+def test_detects_8_channel_unet_as_instruct_pix2pix(tmp_path):
+    sd = fm.checkpoint_state_dict("sd1", text=False, vae=False)
+    weight = sd[fm.UNET_PREFIX + "input_blocks.0.0.weight"]
+    sd[fm.UNET_PREFIX + "input_blocks.0.0.weight"] = torch.cat([weight, weight], dim=1)
+    spec = detect_model(sd)
+    assert spec.ip2p and not spec.inpaint and spec.unet.in_channels == 8
+    inpaint = detect_model(fm.checkpoint_state_dict("sd1_inpaint", text=False, vae=False))
+    assert inpaint.inpaint and not inpaint.ip2p
+    sd[fm.UNET_PREFIX + "input_blocks.0.0.weight"] = weight[:, :3]
+    with pytest.raises(ModelLoadError, match="input channels 3"):
+        detect_model(sd)
+
+
+def test_ip2p_extra_conds_concat_the_source_latent(tmp_path):
+    from comfy_core.models.checkpoint import load_checkpoint_file
+
+    model = load_checkpoint_file(_ip2p_checkpoint(tmp_path / "ip2p.safetensors"), want_clip=False,
+                                 want_vae=False)[0]
+    noise = torch.randn(2, 4, 4, 6)
+    source = torch.randn(1, 4, 4, 6)
+    conds = model.extra_conds(noise=noise, concat_latent_image=source)
+    assert torch.equal(conds["c_concat"], source.expand(2, -1, -1, -1))  # unscaled, repeated to the batch
+    assert torch.equal(model.extra_conds(noise=noise)["c_concat"], torch.zeros_like(noise))
+    resized = model.extra_conds(noise=noise, concat_latent_image=torch.randn(1, 4, 8, 12))["c_concat"]
+    assert resized.shape == (2, 4, 4, 6)
+
+
+def test_instruct_pix2pix_node_crops_encodes_and_samples(tmp_path):
+    models = tmp_path / "models"
+    _ip2p_checkpoint(models / "checkpoints" / CKPT)
+    kept: dict = {}
+    engine = make_engine(tmp_path, models, kept)
+    (tmp_path / "input").mkdir(exist_ok=True)
+    big = Image.open(io.BytesIO(structured_png(64)))
+    big.crop((0, 0, 35, 38)).save(tmp_path / "input" / "src.png")  # 35 wide, 38 high: cropped to 32x32
+    big.crop((1, 3, 33, 35)).save(tmp_path / "input" / "centre.png")  # the centred 32x32 crop of it
+    try:
+        results = {}
+        for name in ("src.png", "centre.png"):
+            prompt = base_graph(CKPT, 32, 32)
+            prompt["10"] = {"class_type": "LoadImage", "inputs": {"image": name}}
+            prompt["11"] = {"class_type": "InstructPixToPixConditioning", "inputs": {
+                "positive": [POS, 0], "negative": [NEG, 0], "vae": [LOADER, 2], "pixels": ["10", 0]}}
+            prompt["3"] = {"class_type": "KSampler", "inputs": {
+                "seed": 3, "steps": 2, "cfg": 4.0, "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0,
+                "model": [LOADER, 0], "positive": ["11", 0], "negative": ["11", 1], "latent_image": ["11", 2]}}
+            prompt[KEEP_LATENT] = {"class_type": "KeepLatent", "inputs": {"value": ["11", 2], "key": "latent"}}
+            prompt["22"] = {"class_type": "KeepLatent", "inputs": {"value": ["3", 0], "key": "sampled"}}
+            engine.run(prompt)
+            results[name] = (kept["latent"]["samples"], kept["sampled"]["samples"])
+        prompt = base_graph(CKPT, 32, 32)  # the same sampler without the source image, for contrast
+        prompt["3"] = ksampler([LATENT, 0], seed=3, steps=2, cfg=4.0)
+        prompt["22"] = {"class_type": "KeepLatent", "inputs": {"value": ["3", 0], "key": "plain"}}
+        engine.run(prompt)
+    finally:
+        engine.close()
+    latent, sampled = results["src.png"]
+    assert torch.equal(latent, torch.zeros(1, 4, 4, 4))
+    assert torch.equal(sampled, results["centre.png"][1])  # the odd edges were cropped away, centred
+    assert not torch.allclose(sampled, kept["plain"]["samples"], atol=1e-3)
+
+
+def test_instruct_pix2pix_conditioning_values(tmp_path):
+    class RecordingVAE:
+        def encode(self, pixels, progress=None):
+            self.pixels = pixels
+            return torch.full((pixels.shape[0], 4, pixels.shape[1] // 8, pixels.shape[2] // 8), 2.0)
+
+    vae, pixels = RecordingVAE(), torch.rand(1, 21, 19, 4)
+    positive = [[torch.ones(1, 77, 8), {"strength": 0.5}]]
+    with context.use(node_context(tmp_path)):
+        pos, neg, latent = extras.InstructPixToPixConditioning().encode(positive, [], pixels, vae)
+    assert torch.equal(vae.pixels, pixels[:, 2:18, 1:17, :3])  # 21 -> 16 from row (21 % 8)//2; 19 -> 16 from 1
+    assert neg == [] and latent["samples"].shape == (1, 4, 2, 2) and not latent["samples"].any()
+    assert pos[0][1]["strength"] == 0.5 and torch.equal(pos[0][1]["concat_latent_image"], torch.full((1, 4, 2, 2), 2.0))
+    assert "concat_latent_image" not in positive[0][1]  # the input list is not modified
+
+
+# -- CLIPTextEncodeControlnet and WebcamCapture -------------------------------------------------------------------
+def test_clip_text_encode_controlnet_adds_the_controlnet_text(tmp_path):
+    from comfy_core.models.text_encoders import load_clip_from_state_dict
+
+    clip = load_clip_from_state_dict(fixtures_text.tiny_sd1_text())
+    base = [[torch.zeros(1, 77, fixtures_text.CLIP_L_WIDTH), {"pooled_output": None}]]
+    (out,) = extras.CLIPTextEncodeControlnet().encode(clip, base, "a red house")
+    cond, pooled = clip.encode_from_tokens(clip.tokenize("a red house"), return_pooled=True)
+    assert torch.equal(out[0][0], base[0][0])
+    assert torch.equal(out[0][1]["cross_attn_controlnet"], cond)
+    assert torch.equal(out[0][1]["pooled_output_controlnet"], pooled)
+    assert set(base[0][1]) == {"pooled_output"}
+
+
+def test_webcam_capture_loads_the_uploaded_frame(tmp_path):
+    models = tmp_path / "models"
+    engine = make_engine(tmp_path, models, kept := {})
+    (tmp_path / "temp" / "webcam").mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (6, 4), (255, 0, 0)).save(tmp_path / "temp" / "webcam" / "cap.png")
+    try:
+        prompt = {"1": {"class_type": "WebcamCapture", "inputs": {"image": "webcam/cap.png [temp]", "width": 0,
+                                                                  "height": 0, "capture_on_queue": True}},
+                  "2": {"class_type": "KeepImage", "inputs": {"value": ["1", 0], "key": "cam"}}}
+        engine.run(prompt)
+    finally:
+        engine.close()
+    assert kept["cam"].shape == (1, 4, 6, 3)
+    assert torch.equal(kept["cam"][0, 0, 0], torch.tensor([1.0, 0.0, 0.0]))
