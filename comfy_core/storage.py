@@ -24,6 +24,8 @@ from .errors import InputFileError
 log = logging.getLogger(__name__)
 
 KINDS = ("input", "output", "temp")
+NAME_MAX = 255  # bytes per path component (ext4, XFS, APFS; NTFS counts UTF-16 units, at most as many)
+PATH_MAX = 4096  # bytes of a whole path (Linux)
 # mimetypes does not know these on every platform; ComfyUI registers webp the same way.
 _EXTRA_MIMETYPES = {".webp": "image/webp", ".avif": "image/avif", ".jxl": "image/jxl"}
 
@@ -60,6 +62,16 @@ def _check_name(name: str, what: str) -> None:
         raise InputFileError(f"{what} contains a NUL byte", status=400)
     if "\\" in name:
         raise InputFileError(f"{what} may not contain a backslash: {name!r}", status=400)
+
+
+def path_too_long(path: str | Path) -> bool:
+    """Whether the OS would refuse `path` with ENAMETOOLONG: a component over NAME_MAX bytes or the whole over
+    PATH_MAX. Checked before touching the disk, so that a client's overlong name is a 400 and not an OSError."""
+    try:
+        encoded = os.fsencode(path)
+    except UnicodeEncodeError:  # a lone surrogate: no file can have this name
+        return True
+    return len(encoded) >= PATH_MAX or any(len(part) > NAME_MAX for part in encoded.split(os.fsencode(os.sep)))
 
 
 def _is_within(path: str, root: str) -> bool:
@@ -129,6 +141,8 @@ class Storage:
         full = os.path.normpath(os.path.join(folder, filename))
         if not _is_within(full, root) or full == root:
             raise InputFileError(f"invalid file name: {filename!r}", status=400)
+        if path_too_long(full):
+            raise InputFileError(f"file name or subfolder too long: {full[len(root) + 1:][:80]!r}...", status=400)
         real = os.path.realpath(full)
         if not _is_within(real, root):
             raise InputFileError(f"{filename!r} leads outside the {kind} folder", status=403)
@@ -222,8 +236,10 @@ class Storage:
         if not filename:
             raise InputFileError("the upload has no file name", status=400)
         path = self.resolve(kind, filename, subfolder)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        _make_parent(path, self._display(filename, subfolder))
         if overwrite:
+            if path.is_dir():
+                raise InputFileError(f"{self._display(filename, subfolder)} is a folder", status=409)
             return filename, path, False
         digest = hashlib.sha256(data).hexdigest()
         stem, ext = os.path.splitext(filename)
@@ -314,9 +330,18 @@ def _next_counter(names: list[str], filename: str) -> int:
     return 1 if best is None else best + 1
 
 
+def _make_parent(path: Path, display: str) -> None:
+    """Create the folder of an upload; a file standing where a folder should be is a 409, not an OSError."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise InputFileError(f"cannot store {display}: a file stands where its folder should be", status=409) from None
+
+
 def _write_atomic(path: Path, data: bytes) -> None:
     """Write through a unique sibling temp file so a reader never sees half a file."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.part")  # unique, and the umask's permissions
+    # unique, the umask's permissions, and short: a name of NAME_MAX bytes must still get a temp file
+    tmp = path.with_name(f".{uuid.uuid4().hex}.part")
     try:
         with open(tmp, "xb") as f:
             f.write(data)

@@ -292,3 +292,54 @@ def test_clear_temp(tmp_path, storage):
     storage.clear_temp()
     assert os.listdir(root) == []
     assert (keep / "k.txt").exists()  # the link was removed, not followed
+
+
+# --- names the OS refuses (found by tests/test_asgi_fuzz.py: these were OSErrors, i.e. HTTP 500s) ----------------
+
+def test_upload_names_up_to_name_max_are_stored(tmp_path, storage):
+    name = "n" * 251 + ".png"  # 255 bytes: legal, though the temp file used to append 39 more characters
+    assert storage.upload(b"x", name).name == name
+    assert (tmp_path / "input" / name).read_bytes() == b"x"
+    assert [p.name for p in (tmp_path / "input").iterdir()] == [name]  # no temp file left behind
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"filename": "n" * 252 + ".png"},  # 256 bytes
+    {"filename": "é" * 128 + ".png"},  # 128 characters, 260 bytes in UTF-8
+    {"filename": "x.png", "subfolder": "s" * 300},
+    {"filename": "/".join(["d" * 200] * 21) + "/x.png"},  # every component fine, the whole over PATH_MAX
+])
+def test_overlong_names_are_400_before_touching_the_disk(tmp_path, storage, kwargs):
+    with pytest.raises(InputFileError) as err:
+        storage.upload(b"x", **kwargs)
+    assert err.value.status == 400 and "too long" in str(err.value)
+    with pytest.raises(InputFileError) as err:
+        storage.resolve("input", kwargs["filename"], kwargs.get("subfolder", ""), must_exist=True)
+    assert err.value.status == 400
+    assert list((tmp_path / "input").iterdir()) == []
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"filename": "c.png", "subfolder": "a.png"},
+    {"filename": "c.png", "subfolder": "a.png/deeper"},
+    {"filename": "a.png/c.png"},
+])
+def test_upload_through_a_file_is_409(tmp_path, storage, kwargs):
+    storage.upload(b"x", "a.png")
+    with pytest.raises(InputFileError) as err:
+        storage.upload(b"y", **kwargs)
+    assert err.value.status == 409
+    assert (tmp_path / "input" / "a.png").read_bytes() == b"x"
+
+
+def test_upload_overwriting_a_folder_is_409_and_without_overwrite_renames(tmp_path, storage):
+    storage.upload(b"x", "inner.png", subfolder="dir")
+    with pytest.raises(InputFileError) as err:
+        storage.upload(b"y", "dir", overwrite=True)
+    assert err.value.status == 409 and (tmp_path / "input" / "dir").is_dir()
+    assert storage.upload(b"y", "dir").name == "dir (1)"
+
+
+def test_mask_original_with_an_overlong_name_writes_nothing(tmp_path, storage):
+    result = storage.upload_mask(png_bytes(), "m.png", {"filename": "q" * 300, "type": "input"})
+    assert result.name == "m.png" and not (tmp_path / "input" / "m.png").exists()
