@@ -23,6 +23,7 @@ from typing import Any
 import msgspec
 
 from .errors import UserDataError
+from .storage import path_too_long
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +128,8 @@ class UserData:
         root = self.user_root(user)
         parts = _parts(relpath)
         full = root.joinpath(*parts)
+        if path_too_long(full):
+            raise UserDataError(f"user data path too long: {relpath[:80]!r}...", status=400)
         real_root = os.path.realpath(root)
         if not _within(os.path.realpath(full), real_root):
             raise UserDataError(f"path leads outside the user folder: {relpath!r}", status=403)
@@ -207,7 +210,10 @@ class UserData:
             raise UserDataError(f"not a file name: {relpath!r}", status=400)
         if not overwrite and path.exists():
             raise UserDataError(f"file already exists: {relpath}", status=409)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            raise UserDataError(f"a file stands where the folder of {relpath!r} should be", status=409) from None
         return path
 
     def write(self, user: str, relpath: str, data: bytes, *, overwrite: bool = True, full_info: bool = False) -> Any:

@@ -362,3 +362,30 @@ def test_serve_flags_set_user_dir_and_multi_user(tmp_path):
     plain = load_config(build_parser().parse_args(["serve"]))
     assert plain.user_dir == "user" and plain.multi_user is False
     assert plain.resolved(tmp_path).user_dir == str(tmp_path / "user")
+
+
+# --- names the OS refuses (found by tests/test_asgi_fuzz.py: these were OSErrors, i.e. HTTP 500s) ----------------
+
+@pytest.mark.parametrize("call, args", [
+    ("file_path", ("a" * 256,)),
+    ("write", ("w/" + "a" * 256, b"x")),
+    ("list_files", ("a" * 300,)),
+    ("list_v2", ("a" * 300,)),
+    ("delete", ("/".join(["d" * 250] * 17),)),  # components fine, the whole over PATH_MAX
+])
+def test_overlong_user_paths_are_400(store, call, args):
+    assert status_of(getattr(store, call), "default", *args) == 400
+    assert not (store.root / "default" / "w").exists()
+
+
+def test_longest_legal_user_file_name_round_trips(store):
+    name = "f" * 250 + ".json"  # 255 bytes
+    assert store.write("default", name, b"{}") == name
+    assert store.file_path("default", name).read_bytes() == b"{}"
+
+
+def test_writing_or_moving_through_a_file_is_409(store):
+    store.write("default", "f.json", b"{}")
+    assert status_of(store.write, "default", "f.json/x.json", b"1") == 409
+    assert status_of(store.move, "default", "f.json", "f.json/y.json") == 409
+    assert store.file_path("default", "f.json").read_bytes() == b"{}"
