@@ -279,8 +279,9 @@ def check_classes(prompt: Mapping[str, Any], registry: NodeRegistry) -> None:
         if "class_type" not in node:
             raise prompt_error("invalid_prompt", "Cannot execute because a node is missing the class_type property.",
                                f"Node ID '#{node_id}'")
-        if node["class_type"] not in registry:
-            raise prompt_error("invalid_prompt", f"Cannot execute because node {node['class_type']} does not exist.",
+        class_type = node["class_type"]
+        if not isinstance(class_type, str) or class_type not in registry:  # a list or dict is not even hashable
+            raise prompt_error("invalid_prompt", f"Cannot execute because node {class_type} does not exist.",
                                f"Node ID '#{node_id}'")
 
 

@@ -224,3 +224,14 @@ def test_exception_during_inner_validation_recorded_on_upstream(registry):
     (error,) = errors_of(exc, "1")
     assert error["type"] == "exception_during_inner_validation"
     assert error["extra_info"]["linked_node"] == ["1", 0]
+
+
+@pytest.mark.parametrize("class_type", [["Add"], {"name": "Add"}, 5, None, 1.5])
+def test_non_string_class_type_is_invalid_prompt(registry, class_type):
+    # a list or dict used to reach `in registry` and raise TypeError (unhashable): a 500 over HTTP
+    with pytest.raises(PromptError) as exc:
+        validate({"1": {"class_type": class_type, "inputs": {}}, **show("1")}, registry)
+    assert exc.value.body["error"] == {"type": "invalid_prompt",
+                                       "message": f"Cannot execute because node {class_type} does not exist.",
+                                       "details": "Node ID '#1'", "extra_info": {}}
+    assert exc.value.body["node_errors"] == {}
