@@ -342,3 +342,128 @@ def test_webcam_capture_loads_the_uploaded_frame(tmp_path):
         engine.close()
     assert kept["cam"].shape == (1, 4, 6, 3)
     assert torch.equal(kept["cam"][0, 0, 0], torch.tensor([1.0, 0.0, 0.0]))
+
+
+# -- T2I style model ----------------------------------------------------------------------------------------------
+STYLE_WIDTH, STYLE_TOKENS, STYLE_LAYERS = 32, 4, 2  # 8 heads of 4 channels; context = the tiny SD1 CLIP width
+
+
+def tiny_style_model(seed: int = 0) -> dict[str, torch.Tensor]:
+    """T2I style adapter tensors in the real file's key layout (transformer_layes.N.attn.in_proj_weight ...)."""
+    g = torch.Generator().manual_seed(seed)
+    w = STYLE_WIDTH
+    shapes = {"style_embedding": (1, STYLE_TOKENS, w), "proj": (w, fixtures_text.CLIP_L_WIDTH),
+              "ln_pre.weight": (w,), "ln_pre.bias": (w,), "ln_post.weight": (w,), "ln_post.bias": (w,)}
+    for i in range(STYLE_LAYERS):
+        p = f"transformer_layes.{i}."
+        shapes.update({p + "attn.in_proj_weight": (3 * w, w), p + "attn.in_proj_bias": (3 * w,),
+                       p + "attn.out_proj.weight": (w, w), p + "attn.out_proj.bias": (w,),
+                       p + "ln_1.weight": (w,), p + "ln_1.bias": (w,), p + "ln_2.weight": (w,), p + "ln_2.bias": (w,),
+                       p + "mlp.c_fc.weight": (4 * w, w), p + "mlp.c_fc.bias": (4 * w,),
+                       p + "mlp.c_proj.weight": (w, 4 * w), p + "mlp.c_proj.bias": (w,)})
+    return {k: torch.randn(s, generator=g) * (0.3 if len(s) > 1 else 0.1) + (1.0 if k.endswith("ln_1.weight") else 0)
+            for k, s in sorted(shapes.items())}
+
+
+def _style_reference(sd, hidden):
+    """The adapter written out with plain tensor ops: pre-LN blocks, 8-head attention, QuickGELU, last tokens."""
+    def ln(x, name):
+        return torch.nn.functional.layer_norm(x, (STYLE_WIDTH,), sd[name + ".weight"], sd[name + ".bias"])
+
+    b = hidden.shape[0]
+    x = ln(torch.cat([hidden, sd["style_embedding"].expand(b, -1, -1)], dim=1), "ln_pre")
+    for i in range(STYLE_LAYERS):
+        p = f"transformer_layes.{i}."
+        h = ln(x, p + "ln_1")
+        q, k, v = (h @ sd[p + "attn.in_proj_weight"].T + sd[p + "attn.in_proj_bias"]).chunk(3, dim=-1)
+        q, k, v = (t.reshape(b, -1, 8, 4).transpose(1, 2) for t in (q, k, v))  # [B, heads, L, 4]
+        a = torch.softmax(q @ k.transpose(-1, -2) / 2.0, dim=-1) @ v
+        a = a.transpose(1, 2).reshape(b, -1, STYLE_WIDTH)
+        x = x + a @ sd[p + "attn.out_proj.weight"].T + sd[p + "attn.out_proj.bias"]
+        h = ln(x, p + "ln_2") @ sd[p + "mlp.c_fc.weight"].T + sd[p + "mlp.c_fc.bias"]
+        x = x + (h * torch.sigmoid(1.702 * h)) @ sd[p + "mlp.c_proj.weight"].T + sd[p + "mlp.c_proj.bias"]
+    return ln(x[:, -STYLE_TOKENS:], "ln_post") @ sd["proj"]
+
+
+class _VisionOut:
+    def __init__(self, hidden):
+        self.last_hidden_state = hidden
+
+
+def test_style_model_matches_reference_and_apply_modes():
+    from comfy_core.models.style_model import style_model_from_state_dict
+
+    sd = tiny_style_model()
+    model = style_model_from_state_dict(sd)
+    hidden = torch.randn(2, 5, STYLE_WIDTH, generator=torch.Generator().manual_seed(4))
+    tokens = model.get_cond(_VisionOut(hidden))
+    assert tokens.shape == (2, STYLE_TOKENS, fixtures_text.CLIP_L_WIDTH)
+    assert torch.allclose(tokens, _style_reference(sd, hidden), atol=1e-5)
+
+    txt = torch.randn(1, 77, fixtures_text.CLIP_L_WIDTH)
+    cond = [[txt, {"pooled_output": None}]]
+    (out,) = extras.StyleModelApply().apply_stylemodel(cond, model, _VisionOut(hidden), 0.5, "multiply")
+    flat = tokens.reshape(1, 2 * STYLE_TOKENS, -1)  # both images' tokens in one row
+    assert torch.allclose(out[0][0], torch.cat([txt, 0.5 * flat], dim=1), atol=1e-6)
+    assert set(out[0][1]) == {"pooled_output"}  # multiply without a mask adds no attention bias
+    (out,) = extras.StyleModelApply().apply_stylemodel(cond, model, _VisionOut(hidden), 0.5, "attn_bias")
+    assert torch.allclose(out[0][0], torch.cat([txt, flat], dim=1), atol=1e-6)
+    mask = out[0][1]["attention_mask"]
+    n = 77 + 2 * STYLE_TOKENS
+    assert mask.shape == (1, n + 1, n + 1) and mask.dtype == torch.float16 and out[0][1]["attention_mask_img_shape"] == (1, 1)
+    expected = torch.zeros(1, n + 1, n + 1, dtype=torch.float16)
+    expected[:, :77, 77:n] = expected[:, n:, 77:n] = torch.log(torch.tensor(0.5))  # text & reference rows only
+    assert torch.equal(mask, expected)
+    (again,) = extras.StyleModelApply().apply_stylemodel(out, model, _VisionOut(hidden[:1]), 0.0, "attn_bias")
+    grown = again[0][1]["attention_mask"]  # a second style: its columns masked (-inf), the old bias kept in place
+    assert grown.shape == (1, n + STYLE_TOKENS + 1, n + STYLE_TOKENS + 1)
+    assert torch.isinf(grown[:, :77, n:n + STYLE_TOKENS]).all() and torch.equal(grown[:, :n, :n], mask[:, :n, :n])
+
+
+def test_style_model_rejects_other_files():
+    from comfy_core.models.style_model import style_model_from_state_dict
+
+    with pytest.raises(ModelLoadError, match="redux"):
+        style_model_from_state_dict({"redux_down.weight": torch.zeros(2, 2)})
+    sd = tiny_style_model()
+    del sd["ln_post.bias"]
+    with pytest.raises(ModelLoadError, match="ln_post.bias"):
+        style_model_from_state_dict(sd)
+
+
+def test_style_model_nodes_through_engine(tmp_path):
+    from fixtures_guidance import tiny_clip_vision
+    from safetensors.torch import save_file
+
+    models = tmp_path / "models"
+    fm.write_checkpoint(models / "checkpoints" / CKPT, "sd1")
+    (models / "clip_vision").mkdir(parents=True)
+    (models / "style_models").mkdir(parents=True)
+    save_file(tiny_clip_vision(), str(models / "clip_vision" / "cv.safetensors"))
+    save_file(tiny_style_model(), str(models / "style_models" / "style.safetensors"))
+    (tmp_path / "input").mkdir()
+    Image.open(io.BytesIO(structured_png(32))).save(tmp_path / "input" / "ref.png")
+    kept: dict = {}
+    engine = make_engine(tmp_path, models, kept)
+    try:
+        info = engine.object_info()["StyleModelLoader"]["input"]["required"]["style_model_name"]
+        assert info == [["style.safetensors"]]
+        prompt = base_graph(CKPT, 32, 32)
+        prompt["10"] = {"class_type": "LoadImage", "inputs": {"image": "ref.png"}}
+        prompt["11"] = {"class_type": "CLIPVisionLoader", "inputs": {"clip_name": "cv.safetensors"}}
+        prompt["12"] = {"class_type": "CLIPVisionEncode", "inputs": {"clip_vision": ["11", 0], "image": ["10", 0],
+                                                                     "crop": "center"}}
+        prompt["13"] = {"class_type": "StyleModelLoader", "inputs": {"style_model_name": "style.safetensors"}}
+        prompt["14"] = {"class_type": "StyleModelApply", "inputs": {
+            "conditioning": [POS, 0], "style_model": ["13", 0], "clip_vision_output": ["12", 0], "strength": 1.0,
+            "strength_type": "multiply"}}
+        prompt["3"] = ksampler([LATENT, 0], seed=2, steps=2, cfg=5.0)
+        prompt["3"]["inputs"]["positive"] = ["14", 0]
+        prompt["60"] = ksampler([LATENT, 0], seed=2, steps=2, cfg=5.0)
+        prompt[KEEP_LATENT] = {"class_type": "KeepLatent", "inputs": {"value": ["3", 0], "key": "style"}}
+        prompt["22"] = {"class_type": "KeepLatent", "inputs": {"value": ["60", 0], "key": "plain"}}
+        engine.run(prompt)
+    finally:
+        engine.close()
+    assert kept["style"]["samples"].shape == (1, 4, 4, 4) and torch.isfinite(kept["style"]["samples"]).all()
+    assert not torch.allclose(kept["style"]["samples"], kept["plain"]["samples"], atol=1e-4)

@@ -1,5 +1,5 @@
 """More SD nodes that workflows use: SaveImageWebsocket, Perp-Neg (MODEL patch and GUIDER), InstructPix2Pix
-conditioning, CLIPTextEncodeControlnet and WebcamCapture, with ComfyUI 0.3.64's schemas.
+conditioning, the T2I style model, CLIPTextEncodeControlnet and WebcamCapture, with ComfyUI 0.3.64's schemas.
 
 SaveImageWebsocket sends each image to the prompt's client as the binary websocket frame ComfyUI's
 `websockets_api_example_ws_images.py` reads (BE u32 1, BE u32 2 = PNG, PNG bytes), through the progress channel as
@@ -16,10 +16,12 @@ import torch
 from .. import context
 from ..events import OutputImage
 from ..images import tensor_to_pil
+from ..models.style_model import StyleModel, load_style_model
 from ..sampling.common import CFG_FUNCTION
 from ..sampling.perp_neg import PerpNegGuider, perp_neg_cfg_function
 from .image import LoadImage
 from .inputs import MAX_RESOLUTION, int_input
+from .loaders import device_dtype, model_cache, model_files, model_path
 from .sampling import _cfg_options
 from .text import _prompt, _require
 from .vae import check_vae, interrupt_check
@@ -153,6 +155,78 @@ class CLIPTextEncodeControlnet:
         return (_with_extras(conditioning, cross_attn_controlnet=cond, pooled_output_controlnet=pooled),)
 
 
+# -- style model (T2I-Adapter style) ------------------------------------------------------------------------------
+class StyleModelLoader:
+    CATEGORY = "loaders"
+    RETURN_TYPES = ("STYLE_MODEL",)
+    FUNCTION = "load_style_model"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"style_model_name": (model_files("style_models"),)}}
+
+    def load_style_model(self, style_model_name: str):
+        path = model_path("style_models", style_model_name)
+        device, _ = device_dtype()
+        loaded = model_cache().get_custom(path, "style_model", lambda: load_style_model(path, device=device),
+                                          device=device, dtype=torch.float32)
+        return (loaded,)
+
+
+def _style_attention_mask(keys: dict[str, Any], txt: torch.Tensor, n_style: int,
+                          bias: float) -> tuple[torch.Tensor, Any]:
+    """The conditioning's attention bias grown by `n_style` columns/rows after the text tokens, those set to
+    log(bias) (ComfyUI's layout: [text | style | reference image] on both axes; float16)."""
+    batch, n_txt = txt.shape[:2]
+    ref_shape = keys.get("attention_mask_img_shape", (1, 1))
+    n_ref = ref_shape[0] * ref_shape[1]
+    mask = keys.get("attention_mask")
+    if mask is None:
+        mask = torch.zeros((batch, n_txt + n_ref, n_txt + n_ref), dtype=torch.float16)
+    if mask.dtype == torch.bool:
+        mask = torch.log(mask.to(torch.float16))  # True -> 0, False -> -inf
+    total = n_txt + n_style + n_ref
+    grown = torch.zeros((batch, total, total), dtype=torch.float16)  # [B, T, T]
+    after = n_txt + n_style
+    grown[:, :n_txt, :n_txt] = mask[:, :n_txt, :n_txt]
+    grown[:, :n_txt, after:] = mask[:, :n_txt, n_txt:]
+    grown[:, after:, :n_txt] = mask[:, n_txt:, :n_txt]
+    grown[:, after:, after:] = mask[:, n_txt:, n_txt:]
+    log_bias = torch.log(torch.tensor([bias]))  # log(0) = -inf: the style tokens are masked out
+    grown[:, :n_txt, n_txt:after] = log_bias
+    grown[:, after:, n_txt:after] = log_bias
+    return grown, ref_shape
+
+
+class StyleModelApply:
+    CATEGORY = "conditioning/style_model"
+    RETURN_TYPES = ("CONDITIONING",)
+    FUNCTION = "apply_stylemodel"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"conditioning": ("CONDITIONING",), "style_model": ("STYLE_MODEL",),
+                             "clip_vision_output": ("CLIP_VISION_OUTPUT",),
+                             "strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 10.0, "step": 0.001}),
+                             "strength_type": (["multiply", "attn_bias"],)}}
+
+    def apply_stylemodel(self, conditioning: list, style_model: StyleModel, clip_vision_output, strength: float,
+                         strength_type: str):
+        style = style_model.get_cond(clip_vision_output)  # [B, num_token, D]
+        style = style.flatten(0, 1).unsqueeze(0)  # every image's tokens in one row: [1, B·num_token, D]
+        if strength_type == "multiply":
+            style = style * strength
+        out = []
+        for txt, keys in conditioning:
+            keys = dict(keys)
+            if "attention_mask" in keys or (strength_type == "attn_bias" and strength != 1.0):
+                bias = strength if strength_type == "attn_bias" else 1.0
+                mask, keys["attention_mask_img_shape"] = _style_attention_mask(keys, txt, style.shape[1], bias)
+                keys["attention_mask"] = mask.to(txt.device)
+            out.append([torch.cat((txt, style.to(txt)), dim=1), keys])
+        return (out,)
+
+
 # -- image --------------------------------------------------------------------------------------------------------
 class WebcamCapture(LoadImage):
     """LoadImage for the frontend's webcam widget: it uploads the frame (already sized) and sends its name."""
@@ -179,7 +253,11 @@ NODE_CLASS_MAPPINGS = {
     "InstructPixToPixConditioning": InstructPixToPixConditioning,
     "CLIPTextEncodeControlnet": CLIPTextEncodeControlnet,
     "WebcamCapture": WebcamCapture,
+    "StyleModelLoader": StyleModelLoader,
+    "StyleModelApply": StyleModelApply,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
+    "StyleModelLoader": "Load Style Model",
+    "StyleModelApply": "Apply Style Model",
     "WebcamCapture": "Webcam Capture",
 }
