@@ -467,3 +467,112 @@ def test_style_model_nodes_through_engine(tmp_path):
         engine.close()
     assert kept["style"]["samples"].shape == (1, 4, 4, 4) and torch.isfinite(kept["style"]["samples"]).all()
     assert not torch.allclose(kept["style"]["samples"], kept["plain"]["samples"], atol=1e-4)
+
+
+# -- hypernetworks ------------------------------------------------------------------------------------------------
+def _hypernet_layers(width: int, hidden: int, seed: int, norm: bool = False) -> dict[str, torch.Tensor]:
+    """One MLP in A1111's key layout: Linear width->hidden, Linear hidden->width; with `norm` each Linear is
+    followed by a LayerNorm (Sequential indices 0 Linear, 1 activation, 2 LayerNorm, 3 Linear, 4 act, 5 LayerNorm)."""
+    g = torch.Generator().manual_seed(seed)
+    shapes = {"linear.0": (hidden, width), "linear.3" if norm else "linear.1": (width, hidden)}
+    if norm:
+        shapes.update({"linear.2": (hidden,), "linear.5": (width,)})
+    out = {}
+    for name in sorted(shapes, key=lambda n: int(n.split(".")[1])):
+        shape = shapes[name]
+        scale, base = (0.2, 0.0) if len(shape) == 2 else (0.1, 1.0)
+        out[f"{name}.weight"] = base + torch.randn(shape, generator=g) * scale
+        out[f"{name}.bias"] = torch.randn(shape[0], generator=g) * 0.1
+    return out
+
+
+def test_hypernetwork_patch_math_by_hand():
+    from comfy_core.models.hypernetwork import hypernetwork_from_dict
+
+    k_net, v_net = _hypernet_layers(32, 8, 1), _hypernet_layers(32, 8, 2)
+    patch = hypernetwork_from_dict({32: [k_net, v_net], "activation_func": "relu", "name": "x"}, 0.7)
+    q, k, v = torch.randn(2, 5, 32), torch.randn(2, 7, 32), torch.randn(2, 7, 32)
+
+    def mlp(sd, x):  # linear -> relu -> linear (no activation after the last layer)
+        return torch.relu(x @ sd["linear.0.weight"].T + sd["linear.0.bias"]) @ sd["linear.1.weight"].T \
+            + sd["linear.1.bias"]
+
+    q2, k2, v2 = patch(q, k, v, {})
+    assert q2 is q and torch.allclose(k2, k + 0.7 * mlp(k_net, k), atol=1e-6)
+    assert torch.allclose(v2, v + 0.7 * mlp(v_net, v), atol=1e-6)
+    other = torch.randn(2, 7, 64)
+    assert patch(q, other, other, {})[1] is other  # no net for width 64: unchanged
+
+    normed = _hypernet_layers(32, 8, 3, norm=True)
+    patch = hypernetwork_from_dict({32: [normed, normed], "activation_func": "tanh", "is_layer_norm": True,
+                                    "activate_output": True}, 1.0)
+    layer_norm = torch.nn.functional.layer_norm
+    h = torch.tanh(k @ normed["linear.0.weight"].T + normed["linear.0.bias"])
+    h = layer_norm(h, (8,), normed["linear.2.weight"], normed["linear.2.bias"])
+    h = torch.tanh(h @ normed["linear.3.weight"].T + normed["linear.3.bias"])  # activate_output: after the last too
+    h = layer_norm(h, (32,), normed["linear.5.weight"], normed["linear.5.bias"])
+    assert torch.allclose(patch(q, k, v, {})[1], k + h, atol=1e-5)
+    broken = dict(normed)
+    del broken["linear.5.weight"], broken["linear.5.bias"]
+    with pytest.raises(ModelLoadError, match="layer norm missing"):
+        hypernetwork_from_dict({32: [broken, normed], "is_layer_norm": True}, 1.0)
+
+
+def test_hypernetwork_unsupported_activation_is_ignored_like_comfyui(caplog):
+    from comfy_core.models.hypernetwork import hypernetwork_from_dict
+
+    assert hypernetwork_from_dict({32: [{}, {}], "activation_func": "gelu"}, 1.0) is None
+    assert "unsupported hypernetwork" in caplog.text
+    with pytest.raises(ModelLoadError, match="no hypernetwork layers"):
+        hypernetwork_from_dict({"activation_func": "relu"}, 1.0)
+
+
+def test_unet_attn2_patch_changes_the_cross_attention_inputs():
+    from comfy_core.models.unet import UNetModel
+
+    torch.manual_seed(0)
+    unet = UNetModel(fm.TINY_UNETS["sd1"]).eval()
+    x, t = torch.randn(1, 4, 8, 8), torch.tensor([500.0])
+    context, alt = torch.randn(1, 77, 32), torch.randn(1, 77, 32)
+    seen = []
+
+    def swap(n, ctx, value, extra):
+        seen.append((n.shape[-1], extra["block"], torch.equal(ctx, context) and value is ctx))
+        return n, alt, alt
+
+    with torch.no_grad():
+        patched = unet(x, t, context, transformer_options={"patches": {"attn2_patch": [swap]}})
+        expected = unet(x, t, alt)
+        plain = unet(x, t, context)
+    assert torch.allclose(patched, expected, atol=1e-5) and not torch.allclose(patched, plain, atol=1e-4)
+    # every transformer block's cross-attention saw the prompt's context (and value = context), at its own width
+    assert len(seen) == 7 and all(ok for _, _, ok in seen)
+    assert [w for w, _, _ in seen] == [32, 64, 64, 64, 64, 32, 32]
+
+
+def test_hypernetwork_loader_through_engine(tmp_path):
+    models = tmp_path / "models"
+    fm.write_checkpoint(models / "checkpoints" / CKPT, "sd1")
+    (models / "hypernetworks").mkdir(parents=True)
+    torch.save({32: [_hypernet_layers(32, 16, 1), _hypernet_layers(32, 16, 2)],
+                64: [_hypernet_layers(64, 16, 3), _hypernet_layers(64, 16, 4)],
+                "activation_func": "relu", "is_layer_norm": False, "use_dropout": True, "name": "tiny"},
+               models / "hypernetworks" / "hn.pt")
+    kept: dict = {}
+    engine = make_engine(tmp_path, models, kept)
+    try:
+        assert engine.object_info()["HypernetworkLoader"]["input"]["required"]["hypernetwork_name"][0] == ["hn.pt"]
+        prompt = base_graph(CKPT, 32, 32)
+        for node, strength in (("50", 1.0), ("51", 0.0)):
+            prompt[node] = {"class_type": "HypernetworkLoader", "inputs": {
+                "model": [LOADER, 0], "hypernetwork_name": "hn.pt", "strength": strength}}
+        for node, model, key in (("3", ["50", 0], "hn"), ("60", ["51", 0], "zero"), ("61", [LOADER, 0], "plain")):
+            prompt[node] = ksampler([LATENT, 0], seed=4, steps=2, cfg=5.0)
+            prompt[node]["inputs"]["model"] = model
+            prompt["k" + node] = {"class_type": "KeepLatent", "inputs": {"value": [node, 0], "key": key}}
+        engine.run(prompt)
+    finally:
+        engine.close()
+    hn, zero, plain = (kept[k]["samples"] for k in ("hn", "zero", "plain"))
+    assert torch.equal(zero, plain)  # strength 0: k + 0·mlp(k) = k exactly
+    assert torch.isfinite(hn).all() and not torch.allclose(hn, plain, atol=1e-4)

@@ -26,12 +26,14 @@ class Attn1Hooks(NamedTuple):
     """What transformer_options change in one block's self-attention (ComfyUI's patch contract):
     `patches` fn(n, context, value, extra) -> (n, context, value) before the projections, `replace`
     fn(q, k, v [B, S, H*D], extra) -> [B, S, H*D] instead of the attention, `output_patches` fn(out, extra) -> out
-    after the output projection. `extra` is the transformer_options plus "block_index"."""
+    after the output projection. `extra` is the transformer_options plus "block_index". `cross_patches`
+    ("attn2_patch") are fn(n, context, value, extra) -> (n, context, value) before the cross-attention's projections."""
 
     patches: list[Callable]
     replace: AttnReplace | None
     output_patches: list[Callable]
     extra: dict[str, Any]
+    cross_patches: list[Callable] | tuple = ()
 
 
 @dataclass(frozen=True)
@@ -113,6 +115,15 @@ class CrossAttention(nn.Module):
             out = patch(out, extra)
         return out
 
+    def forward_cross_hooked(self, x: torch.Tensor, context: torch.Tensor, hooks: Attn1Hooks,
+                             backend: str | None) -> torch.Tensor:
+        """Cross-attention with the block's "attn2_patch" functions applied to (n, context, value) first."""
+        extra = {**hooks.extra, "n_heads": self.heads, "dim_head": self.to_q.out_features // self.heads}
+        value = context
+        for patch in hooks.cross_patches:
+            x, context, value = patch(x, context, value, extra)
+        return self.to_out(_attention(self.to_q(x), self.to_k(context), self.to_v(value), self.heads, backend))
+
 
 class GEGLU(nn.Module):
     """Shazeer 2020: proj to 2*inner, x * gelu(gate)."""
@@ -147,9 +158,10 @@ class BasicTransformerBlock(nn.Module):
                 hooks: Attn1Hooks | None = None) -> torch.Tensor:
         if hooks is None:
             x = self.attn1(self.norm1(x), backend=backend) + x
+            x = self.attn2(self.norm2(x), context, backend=backend) + x
         else:
             x = self.attn1.forward_hooked(self.norm1(x), hooks, backend) + x
-        x = self.attn2(self.norm2(x), context, backend=backend) + x
+            x = self.attn2.forward_cross_hooked(self.norm2(x), context, hooks, backend) + x
         return self.ff(self.norm3(x)) + x
 
 
@@ -322,7 +334,7 @@ class UNetModel(nn.Module):
 
         `transformer_options` may carry ComfyUI's patch points: "patches": {"input_block_patch",
         "input_block_patch_after_skip": [fn(h, opts) -> h], "output_block_patch": [fn(h, skip, opts) -> (h, skip)],
-        "attn1_patch", "attn1_output_patch" (see `Attn1Hooks`)} and "patches_replace": {"attn1": {(block, id[, index]):
+        "attn1_patch", "attn1_output_patch", "attn2_patch" (see `Attn1Hooks`)} and "patches_replace": {"attn1": {(block, id[, index]):
         fn(q, k, v, opts) -> out}}; the opts they get hold "block" = ("input" | "middle" | "output", id) and
         "original_shape". Without patches nothing extra runs.
         """
@@ -371,7 +383,7 @@ def _run_patches(fns: list[Callable] | None, h: torch.Tensor, opts: dict[str, An
 def _has_attn1_hooks(opts: dict[str, Any]) -> bool:
     patches = opts.get("patches", {})
     return bool(opts.get("patches_replace", {}).get("attn1") or patches.get("attn1_patch")
-                or patches.get("attn1_output_patch"))
+                or patches.get("attn1_output_patch") or patches.get("attn2_patch"))
 
 
 def _attn1_hooks(opts: dict[str, Any], index: int) -> Attn1Hooks | None:
@@ -383,9 +395,10 @@ def _attn1_hooks(opts: dict[str, Any], index: int) -> Attn1Hooks | None:
     if block is not None and replaces:
         replace = replaces.get((block[0], block[1], index)) or replaces.get(tuple(block))
     before, after = patches.get("attn1_patch", []), patches.get("attn1_output_patch", [])
-    if replace is None and not before and not after:
+    cross = patches.get("attn2_patch", [])
+    if replace is None and not before and not after and not cross:
         return None
-    return Attn1Hooks(before, replace, after, {**opts, "block_index": index})
+    return Attn1Hooks(before, replace, after, {**opts, "block_index": index}, cross)
 
 
 def _add_control(h: torch.Tensor, control: dict[str, list], name: str) -> torch.Tensor:

@@ -1,5 +1,5 @@
 """More SD nodes that workflows use: SaveImageWebsocket, Perp-Neg (MODEL patch and GUIDER), InstructPix2Pix
-conditioning, the T2I style model, CLIPTextEncodeControlnet and WebcamCapture, with ComfyUI 0.3.64's schemas.
+conditioning, the T2I style model, hypernetworks, CLIPTextEncodeControlnet and WebcamCapture, with ComfyUI 0.3.64's schemas.
 
 SaveImageWebsocket sends each image to the prompt's client as the binary websocket frame ComfyUI's
 `websockets_api_example_ws_images.py` reads (BE u32 1, BE u32 2 = PNG, PNG bytes), through the progress channel as
@@ -16,7 +16,9 @@ import torch
 from .. import context
 from ..events import OutputImage
 from ..images import tensor_to_pil
+from ..models.hypernetwork import load_hypernetwork
 from ..models.style_model import StyleModel, load_style_model
+from ..models.unet_patches import add_block_patch
 from ..sampling.common import CFG_FUNCTION
 from ..sampling.perp_neg import PerpNegGuider, perp_neg_cfg_function
 from .image import LoadImage
@@ -227,6 +229,27 @@ class StyleModelApply:
         return (out,)
 
 
+# -- hypernetworks ------------------------------------------------------------------------------------------------
+class HypernetworkLoader:
+    RELATIVE_PYTHON_MODULE = "comfy_extras.nodes_hypernetwork"
+    CATEGORY = "loaders"
+    RETURN_TYPES = ("MODEL",)
+    FUNCTION = "load_hypernetwork"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"model": ("MODEL",), "hypernetwork_name": (model_files("hypernetworks"),),
+                             "strength": ("FLOAT", {"default": 1.0, "min": -10.0, "max": 10.0, "step": 0.01})}}
+
+    def load_hypernetwork(self, model, hypernetwork_name: str, strength: float):
+        patch = load_hypernetwork(model_path("hypernetworks", hypernetwork_name), strength)
+        patched = model.clone()
+        if patch is not None:
+            add_block_patch(patched, "attn1_patch", patch)
+            add_block_patch(patched, "attn2_patch", patch)
+        return (patched,)
+
+
 # -- image --------------------------------------------------------------------------------------------------------
 class WebcamCapture(LoadImage):
     """LoadImage for the frontend's webcam widget: it uploads the frame (already sized) and sends its name."""
@@ -255,6 +278,7 @@ NODE_CLASS_MAPPINGS = {
     "WebcamCapture": WebcamCapture,
     "StyleModelLoader": StyleModelLoader,
     "StyleModelApply": StyleModelApply,
+    "HypernetworkLoader": HypernetworkLoader,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
     "StyleModelLoader": "Load Style Model",
