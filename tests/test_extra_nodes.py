@@ -576,3 +576,58 @@ def test_hypernetwork_loader_through_engine(tmp_path):
     hn, zero, plain = (kept[k]["samples"] for k in ("hn", "zero", "plain"))
     assert torch.equal(zero, plain)  # strength 0: k + 0·mlp(k) = k exactly
     assert torch.isfinite(hn).all() and not torch.allclose(hn, plain, atol=1e-4)
+
+
+# -- token merging (ToMe) -----------------------------------------------------------------------------------------
+def test_tome_merge_and_unmerge_by_hand():
+    from comfy_core.models.tome import bipartite_merge
+
+    # one 2x2 cell, destination = top-left (no_rand): t2 is nearly t0, so with r = 1 it is averaged into t0
+    tokens = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [1.0, 0.1], [-1.0, 0.0]]])
+    merge, unmerge = bipartite_merge(tokens, 2, 2, 1, no_rand=True)
+    merged = merge(tokens)
+    # kept sources by decreasing similarity to their best destination (t1: 0, t3: -1), then the destination
+    assert torch.allclose(merged, torch.tensor([[[0.0, 1.0], [-1.0, 0.0], [1.0, 0.05]]]))
+    assert torch.allclose(unmerge(merged), torch.tensor([[[1.0, 0.05], [0.0, 1.0], [1.0, 0.05], [-1.0, 0.0]]]))
+    identity = bipartite_merge(tokens, 2, 2, 0)[0]
+    assert identity(tokens) is tokens
+
+
+def test_tome_on_cell_constant_tokens_is_exact():
+    """Tokens equal within each 2x2 cell: merging r ≤ 12 sources only averages equal rows, so a row-wise function
+    applied to the merged tokens and unmerged equals it applied to all tokens (whatever the random destinations)."""
+    from comfy_core.models.tome import TomePatch
+
+    torch.manual_seed(3)
+    cells = torch.randn(2, 2, 2, 8)  # [B, 2, 2, C] one vector per cell of a 4x4 grid
+    grid = cells.repeat_interleave(2, dim=1).repeat_interleave(2, dim=2)  # [B, 4, 4, C]
+    q = grid.reshape(2, 16, 8)
+    tome = TomePatch(0.5)
+    merged, k, v = tome.merge(q, q, q, {"original_shape": [2, 4, 4, 4]})
+    assert merged.shape == (2, 8, 8) and k is q and v is q
+    weight = torch.randn(8, 5)
+    assert torch.allclose(tome.unmerge(merged @ weight, {}), q @ weight, atol=1e-6)
+    half = torch.randn(2, 4, 8)  # a half-resolution block (4 tokens of a 4x4 latent): left alone
+    assert tome.merge(half, half, half, {"original_shape": [2, 4, 4, 4]})[0] is half
+
+
+def test_tome_patch_model_through_engine(tmp_path):
+    models = tmp_path / "models"
+    fm.write_checkpoint(models / "checkpoints" / CKPT, "sd1")
+    kept: dict = {}
+    engine = make_engine(tmp_path, models, kept)
+    try:
+        prompt = base_graph(CKPT, 64, 64)
+        for node, ratio in (("50", 0.5), ("51", 0.0)):
+            prompt[node] = {"class_type": "TomePatchModel", "inputs": {"model": [LOADER, 0], "ratio": ratio}}
+        for node, model, key in (("3", ["50", 0], "tome"), ("60", ["51", 0], "zero"), ("61", [LOADER, 0], "plain")):
+            prompt[node] = ksampler([LATENT, 0], seed=4, steps=2, cfg=5.0)
+            prompt[node]["inputs"]["model"] = model
+            prompt["k" + node] = {"class_type": "KeepLatent", "inputs": {"value": [node, 0], "key": key}}
+        engine.run(prompt)
+    finally:
+        engine.close()
+    tome, zero, plain = (kept[k]["samples"] for k in ("tome", "zero", "plain"))
+    assert torch.allclose(zero, plain, atol=1e-6)  # ratio 0 merges nothing
+    assert tome.shape == (1, 4, 8, 8) and torch.isfinite(tome).all()
+    assert not torch.allclose(tome, plain, atol=1e-4)

@@ -1,5 +1,6 @@
 """More SD nodes that workflows use: SaveImageWebsocket, Perp-Neg (MODEL patch and GUIDER), InstructPix2Pix
-conditioning, the T2I style model, hypernetworks, CLIPTextEncodeControlnet and WebcamCapture, with ComfyUI 0.3.64's schemas.
+conditioning, the T2I style model, hypernetworks, token merging (ToMe), CLIPTextEncodeControlnet and WebcamCapture,
+with ComfyUI 0.3.64's schemas.
 
 SaveImageWebsocket sends each image to the prompt's client as the binary websocket frame ComfyUI's
 `websockets_api_example_ws_images.py` reads (BE u32 1, BE u32 2 = PNG, PNG bytes), through the progress channel as
@@ -18,6 +19,7 @@ from ..events import OutputImage
 from ..images import tensor_to_pil
 from ..models.hypernetwork import load_hypernetwork
 from ..models.style_model import StyleModel, load_style_model
+from ..models.tome import TomePatch
 from ..models.unet_patches import add_block_patch
 from ..sampling.common import CFG_FUNCTION
 from ..sampling.perp_neg import PerpNegGuider, perp_neg_cfg_function
@@ -250,6 +252,26 @@ class HypernetworkLoader:
         return (patched,)
 
 
+class TomePatchModel:
+    INFO_V3 = True
+    RELATIVE_PYTHON_MODULE = "comfy_extras.nodes_tomesd"
+    CATEGORY = "model_patches/unet"
+    RETURN_TYPES = ("MODEL",)
+    FUNCTION = "patch"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"model": ("MODEL", {}),
+                             "ratio": ("FLOAT", {"default": 0.3, "min": 0.0, "max": 1.0, "step": 0.01})}}
+
+    def patch(self, model, ratio: float):
+        tome = TomePatch(ratio)
+        patched = model.clone()
+        add_block_patch(patched, "attn1_patch", tome.merge)
+        add_block_patch(patched, "attn1_output_patch", tome.unmerge)
+        return (patched,)
+
+
 # -- image --------------------------------------------------------------------------------------------------------
 class WebcamCapture(LoadImage):
     """LoadImage for the frontend's webcam widget: it uploads the frame (already sized) and sends its name."""
@@ -279,6 +301,7 @@ NODE_CLASS_MAPPINGS = {
     "StyleModelLoader": StyleModelLoader,
     "StyleModelApply": StyleModelApply,
     "HypernetworkLoader": HypernetworkLoader,
+    "TomePatchModel": TomePatchModel,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
     "StyleModelLoader": "Load Style Model",
