@@ -550,6 +550,24 @@ def test_unet_attn2_patch_changes_the_cross_attention_inputs():
     assert [w for w, _, _ in seen] == [32, 64, 64, 64, 64, 32, 32]
 
 
+def _patched_zero_plain(tmp_path, models, size: int, patches: dict[str, tuple[str, dict]]):
+    """Latents of the same KSampler run on the MODEL from patch node "50", from "51" (a no-op setting) and unpatched."""
+    kept: dict = {}
+    engine = make_engine(tmp_path, models, kept)
+    try:
+        prompt = base_graph(CKPT, size, size)
+        for node, (class_type, inputs) in patches.items():
+            prompt[node] = {"class_type": class_type, "inputs": {"model": [LOADER, 0], **inputs}}
+        for node, model in (("3", ["50", 0]), ("60", ["51", 0]), ("61", [LOADER, 0])):
+            prompt[node] = ksampler([LATENT, 0], seed=4, steps=2, cfg=5.0)
+            prompt[node]["inputs"]["model"] = model
+            prompt["k" + node] = {"class_type": "KeepLatent", "inputs": {"value": [node, 0], "key": node}}
+        engine.run(prompt)
+    finally:
+        engine.close()
+    return kept["3"]["samples"], kept["60"]["samples"], kept["61"]["samples"]
+
+
 def test_hypernetwork_loader_through_engine(tmp_path):
     models = tmp_path / "models"
     fm.write_checkpoint(models / "checkpoints" / CKPT, "sd1")
@@ -558,22 +576,11 @@ def test_hypernetwork_loader_through_engine(tmp_path):
                 64: [_hypernet_layers(64, 16, 3), _hypernet_layers(64, 16, 4)],
                 "activation_func": "relu", "is_layer_norm": False, "use_dropout": True, "name": "tiny"},
                models / "hypernetworks" / "hn.pt")
-    kept: dict = {}
-    engine = make_engine(tmp_path, models, kept)
-    try:
-        assert engine.object_info()["HypernetworkLoader"]["input"]["required"]["hypernetwork_name"][0] == ["hn.pt"]
-        prompt = base_graph(CKPT, 32, 32)
-        for node, strength in (("50", 1.0), ("51", 0.0)):
-            prompt[node] = {"class_type": "HypernetworkLoader", "inputs": {
-                "model": [LOADER, 0], "hypernetwork_name": "hn.pt", "strength": strength}}
-        for node, model, key in (("3", ["50", 0], "hn"), ("60", ["51", 0], "zero"), ("61", [LOADER, 0], "plain")):
-            prompt[node] = ksampler([LATENT, 0], seed=4, steps=2, cfg=5.0)
-            prompt[node]["inputs"]["model"] = model
-            prompt["k" + node] = {"class_type": "KeepLatent", "inputs": {"value": [node, 0], "key": key}}
-        engine.run(prompt)
-    finally:
-        engine.close()
-    hn, zero, plain = (kept[k]["samples"] for k in ("hn", "zero", "plain"))
+    with context.use(node_context(tmp_path)):
+        assert extras.HypernetworkLoader.INPUT_TYPES()["required"]["hypernetwork_name"][0] == ["hn.pt"]
+    hn, zero, plain = _patched_zero_plain(tmp_path, models, 32, {
+        "50": ("HypernetworkLoader", {"hypernetwork_name": "hn.pt", "strength": 1.0}),
+        "51": ("HypernetworkLoader", {"hypernetwork_name": "hn.pt", "strength": 0.0})})
     assert torch.equal(zero, plain)  # strength 0: k + 0·mlp(k) = k exactly
     assert torch.isfinite(hn).all() and not torch.allclose(hn, plain, atol=1e-4)
 
@@ -614,20 +621,8 @@ def test_tome_on_cell_constant_tokens_is_exact():
 def test_tome_patch_model_through_engine(tmp_path):
     models = tmp_path / "models"
     fm.write_checkpoint(models / "checkpoints" / CKPT, "sd1")
-    kept: dict = {}
-    engine = make_engine(tmp_path, models, kept)
-    try:
-        prompt = base_graph(CKPT, 64, 64)
-        for node, ratio in (("50", 0.5), ("51", 0.0)):
-            prompt[node] = {"class_type": "TomePatchModel", "inputs": {"model": [LOADER, 0], "ratio": ratio}}
-        for node, model, key in (("3", ["50", 0], "tome"), ("60", ["51", 0], "zero"), ("61", [LOADER, 0], "plain")):
-            prompt[node] = ksampler([LATENT, 0], seed=4, steps=2, cfg=5.0)
-            prompt[node]["inputs"]["model"] = model
-            prompt["k" + node] = {"class_type": "KeepLatent", "inputs": {"value": [node, 0], "key": key}}
-        engine.run(prompt)
-    finally:
-        engine.close()
-    tome, zero, plain = (kept[k]["samples"] for k in ("tome", "zero", "plain"))
+    tome, zero, plain = _patched_zero_plain(tmp_path, models, 64, {
+        "50": ("TomePatchModel", {"ratio": 0.5}), "51": ("TomePatchModel", {"ratio": 0.0})})
     assert torch.allclose(zero, plain, atol=1e-6)  # ratio 0 merges nothing
     assert tome.shape == (1, 4, 8, 8) and torch.isfinite(tome).all()
     assert not torch.allclose(tome, plain, atol=1e-4)
