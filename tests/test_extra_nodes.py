@@ -626,3 +626,152 @@ def test_tome_patch_model_through_engine(tmp_path):
     assert torch.allclose(zero, plain, atol=1e-6)  # ratio 0 merges nothing
     assert tome.shape == (1, 4, 8, 8) and torch.isfinite(tome).all()
     assert not torch.allclose(tome, plain, atol=1e-4)
+
+
+# -- GLIGEN -------------------------------------------------------------------------------------------------------
+GLIGEN_OBJ = 768  # the fusers' object width (real SD1 files: 768, which also fixes their 8-head layout)
+
+
+def tiny_gligen(widths=(32, 64, 64, 64, 64, 32, 32), seed: int = 0, alpha: float = 0.5) -> dict[str, torch.Tensor]:
+    """A GLIGEN file for the tiny SD1 UNet: one fuser per SpatialTransformer (real key names), a position net
+    taking the tiny CLIP-L pooled width."""
+    from comfy_core.models.gligen import GatedSelfAttention, PositionNet
+
+    torch.manual_seed(seed)
+    blocks = ["input_blocks.1.1", "input_blocks.3.1", "middle_block.1", "output_blocks.0.1", "output_blocks.1.1",
+              "output_blocks.2.1", "output_blocks.3.1"]
+    sd = {}
+    for block, width in zip(blocks, widths):
+        fuser = GatedSelfAttention(width, GLIGEN_OBJ, 8, width // 8)
+        for name, tensor in fuser.state_dict().items():
+            value = torch.full_like(tensor, alpha) if name.startswith("alpha") else tensor
+            if name.startswith("norm"):
+                value = value + 0.1 * torch.randn_like(value)
+            sd[f"{block}.transformer_blocks.0.fuser.{name}"] = value.clone()
+    net = PositionNet(fixtures_text.CLIP_L_WIDTH, GLIGEN_OBJ)
+    with torch.no_grad():
+        net.null_positive_feature.normal_()
+        net.null_position_feature.normal_()
+    sd.update({f"position_net.{k}": v.clone() for k, v in net.state_dict().items()})
+    return sd
+
+
+def test_gligen_fourier_embedding_and_fuser_formula():
+    from comfy_core.models.gligen import GatedSelfAttention, fourier_embed
+
+    boxes = torch.tensor([[0.1, 0.2, 0.3, 0.4]])
+    emb = fourier_embed(boxes)
+    assert emb.shape == (1, 64)
+    assert torch.allclose(emb[:, 0:4], torch.sin(boxes)) and torch.allclose(emb[:, 4:8], torch.cos(boxes))
+    assert torch.allclose(emb[:, 8:12], torch.sin(100 ** (1 / 8) * boxes))
+    assert torch.allclose(emb[:, 60:64], torch.cos(100 ** (7 / 8) * boxes))
+
+    torch.manual_seed(1)
+    fuser = GatedSelfAttention(16, 12, 2, 8).eval()
+    x, objs = torch.randn(2, 5, 16), torch.randn(2, 3, 12)
+    assert torch.equal(fuser(x, objs), x)  # both gates start at tanh(0) = 0: the UNet is unchanged
+    with torch.no_grad():
+        fuser.alpha_attn.fill_(0.3)
+        fuser.alpha_dense.fill_(-0.2)
+        joint = fuser.norm1(torch.cat([x, fuser.linear(objs)], dim=1))
+        q, k, v = (m(joint).reshape(2, 8, 2, 8).transpose(1, 2) for m in (fuser.attn.to_q, fuser.attn.to_k,
+                                                                         fuser.attn.to_v))
+        attn = torch.softmax(q @ k.transpose(-1, -2) / 8 ** 0.5, dim=-1) @ v  # [B, 2 heads, 8, 8]
+        attn = fuser.attn.to_out(attn.transpose(1, 2).reshape(2, 8, 16))[:, :5]
+        h = x + torch.tanh(torch.tensor(0.3)) * attn
+        expected = h + torch.tanh(torch.tensor(-0.2)) * fuser.ff(fuser.norm2(h))
+        assert torch.allclose(fuser(x, objs), expected, atol=1e-5)
+
+
+def test_gligen_boxes_become_normalised_object_slots():
+    from comfy_core.models.gligen import gligen_from_state_dict
+
+    gligen = gligen_from_state_dict(tiny_gligen())
+    assert len(gligen.module_list) == 7 and gligen.key_dim == GLIGEN_OBJ
+    seen = {}
+
+    def record(boxes, masks, embeddings):
+        seen.update(boxes=boxes, masks=masks, embeddings=embeddings)
+        return torch.zeros(boxes.shape[0], boxes.shape[1], GLIGEN_OBJ)
+
+    gligen.position_net.forward = record
+    e1, e2 = torch.randn(1, 32), torch.randn(1, 32)
+    gligen.position_patch(torch.Size([2, 4, 8, 16]), [(e1, 4, 8, 2, 6), (e2, 8, 16, 0, 0)], torch.device("cpu"))
+    assert seen["boxes"].shape == (2, 30, 4) and seen["masks"].shape == (2, 30)
+    assert torch.allclose(seen["boxes"][0, 0], torch.tensor([6 / 16, 2 / 8, 14 / 16, 6 / 8]))
+    assert torch.allclose(seen["boxes"][1, 1], torch.tensor([0.0, 0.0, 1.0, 1.0]))
+    assert seen["masks"][0].tolist() == [1.0, 1.0] + [0.0] * 28 and not seen["boxes"][:, 2:].any()
+    assert torch.equal(seen["embeddings"][1, 0], e1[0]) and not seen["embeddings"][:, 2:].any()
+
+
+def test_gligen_rejects_other_files():
+    from comfy_core.models.gligen import gligen_from_state_dict
+
+    with pytest.raises(ModelLoadError, match="not a GLIGEN model"):
+        gligen_from_state_dict({"input_blocks.0.0.weight": torch.zeros(1)})
+
+
+def test_unet_middle_patch_runs_between_the_attentions_with_transformer_index():
+    from comfy_core.models.unet import UNetModel
+
+    torch.manual_seed(0)
+    unet = UNetModel(fm.TINY_UNETS["sd1"]).eval()
+    x, t, context = torch.randn(1, 4, 8, 8), torch.tensor([500.0]), torch.randn(1, 77, 32)
+    seen = []
+
+    def record(h, extra):
+        seen.append((extra["transformer_index"], h.shape[-1], extra["block"]))
+        return h
+
+    with torch.no_grad():
+        plain = unet(x, t, context)
+        same = unet(x, t, context, transformer_options={"patches": {"middle_patch": [record]}})
+        shifted = unet(x, t, context, transformer_options={"patches": {"middle_patch": [lambda h, e: h + 1.0]}})
+    assert torch.allclose(same, plain, atol=1e-6) and not torch.allclose(shifted, plain, atol=1e-3)
+    assert [s[:2] for s in seen] == [(0, 32), (1, 64), (2, 64), (3, 64), (4, 64), (5, 32), (6, 32)]
+    assert [s[2][0] for s in seen] == ["input", "input", "middle", "output", "output", "output", "output"]
+
+
+def test_gligen_nodes_through_engine(tmp_path):
+    from safetensors.torch import save_file
+
+    models = tmp_path / "models"
+    fm.write_checkpoint(models / "checkpoints" / CKPT, "sd1")
+    (models / "gligen").mkdir(parents=True)
+    save_file(tiny_gligen(alpha=0.0), str(models / "gligen" / "closed.safetensors"))  # gates closed: a no-op
+    save_file(tiny_gligen(alpha=0.5), str(models / "gligen" / "open.safetensors"))
+    kept: dict = {}
+    engine = make_engine(tmp_path, models, kept)
+    try:
+        prompt = base_graph(CKPT, 32, 32)
+        for loader, name, box, sampler in (("50", "open", "52", "3"), ("51", "closed", "53", "60")):
+            prompt[loader] = {"class_type": "GLIGENLoader", "inputs": {"gligen_name": f"{name}.safetensors"}}
+            prompt[box] = {"class_type": "GLIGENTextBoxApply", "inputs": {
+                "conditioning_to": [POS, 0], "clip": [LOADER, 1], "gligen_textbox_model": [loader, 0],
+                "text": "a red ball", "width": 16, "height": 16, "x": 8, "y": 0}}
+            prompt[sampler] = ksampler([LATENT, 0], seed=6, steps=2, cfg=5.0)
+            prompt[sampler]["inputs"]["positive"] = [box, 0]
+            prompt["k" + sampler] = {"class_type": "KeepLatent", "inputs": {"value": [sampler, 0], "key": sampler}}
+        prompt["61"] = ksampler([LATENT, 0], seed=6, steps=2, cfg=5.0)
+        prompt["k61"] = {"class_type": "KeepLatent", "inputs": {"value": ["61", 0], "key": "plain"}}
+        engine.run(prompt)
+    finally:
+        engine.close()
+    opened, closed, plain = kept["3"]["samples"], kept["60"]["samples"], kept["plain"]["samples"]
+    # tanh(0) gates: the boxes change nothing (the boxed prompt runs in its own batch: float-order noise only)
+    assert torch.allclose(closed, plain, atol=1e-5 * float(plain.abs().max()))
+    assert torch.isfinite(opened).all() and not torch.allclose(opened, plain, rtol=1e-3)
+
+
+def test_gligen_text_box_apply_appends_boxes(tmp_path):
+    from comfy_core.models.text_encoders import load_clip_from_state_dict
+
+    clip = load_clip_from_state_dict(fixtures_text.tiny_sd1_text())
+    model = object()
+    base = [[torch.zeros(1, 77, 32), {"pooled_output": None}]]
+    (one,) = extras.GLIGENTextBoxApply().append(base, clip, model, "a cat", 64, 72, 16, 24)
+    (two,) = extras.GLIGENTextBoxApply().append(one, clip, model, "a dog", 8, 8, 0, 0)
+    kind, gligen, boxes = two[0][1]["gligen"]
+    _, pooled = clip.encode_from_tokens(clip.tokenize("a cat"), return_pooled=True)
+    assert kind == "position" and gligen is model and [b[1:] for b in boxes] == [(9, 8, 3, 2), (1, 1, 0, 0)]
+    assert torch.equal(boxes[0][0], pooled) and "gligen" not in base[0][1] and len(one[0][1]["gligen"][2]) == 1

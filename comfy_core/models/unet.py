@@ -26,14 +26,17 @@ class Attn1Hooks(NamedTuple):
     """What transformer_options change in one block's self-attention (ComfyUI's patch contract):
     `patches` fn(n, context, value, extra) -> (n, context, value) before the projections, `replace`
     fn(q, k, v [B, S, H*D], extra) -> [B, S, H*D] instead of the attention, `output_patches` fn(out, extra) -> out
-    after the output projection. `extra` is the transformer_options plus "block_index". `cross_patches`
-    ("attn2_patch") are fn(n, context, value, extra) -> (n, context, value) before the cross-attention's projections."""
+    after the output projection. `extra` is the transformer_options plus "block_index" (and "transformer_index",
+    the SpatialTransformer's number in the UNet). `cross_patches` ("attn2_patch") are fn(n, context, value, extra)
+    -> (n, context, value) before the cross-attention's projections; `middle_patches` ("middle_patch", GLIGEN)
+    fn(x, extra) -> x between the self- and the cross-attention."""
 
     patches: list[Callable]
     replace: AttnReplace | None
     output_patches: list[Callable]
     extra: dict[str, Any]
     cross_patches: list[Callable] | tuple = ()
+    middle_patches: list[Callable] | tuple = ()
 
 
 @dataclass(frozen=True)
@@ -161,6 +164,8 @@ class BasicTransformerBlock(nn.Module):
             x = self.attn2(self.norm2(x), context, backend=backend) + x
         else:
             x = self.attn1.forward_hooked(self.norm1(x), hooks, backend) + x
+            for patch in hooks.middle_patches:
+                x = patch(x, hooks.extra)
             x = self.attn2.forward_cross_hooked(self.norm2(x), context, hooks, backend) + x
         return self.ff(self.norm3(x)) + x
 
@@ -190,6 +195,8 @@ class SpatialTransformer(nn.Module):
         for index, block in enumerate(self.transformer_blocks):
             tokens = block(tokens, context, backend, _attn1_hooks(opts, index) if hooked else None)
         tokens = F.linear(tokens, self.proj_out.weight.flatten(1), self.proj_out.bias)  # [B, h*w, C]
+        if opts is not None:  # the next SpatialTransformer's number (ComfyUI's transformer_index)
+            opts["transformer_index"] = opts.get("transformer_index", 0) + 1
         return tokens.transpose(1, 2).reshape(b, c, h, w).contiguous() + x
 
 
@@ -334,9 +341,9 @@ class UNetModel(nn.Module):
 
         `transformer_options` may carry ComfyUI's patch points: "patches": {"input_block_patch",
         "input_block_patch_after_skip": [fn(h, opts) -> h], "output_block_patch": [fn(h, skip, opts) -> (h, skip)],
-        "attn1_patch", "attn1_output_patch", "attn2_patch" (see `Attn1Hooks`)} and "patches_replace": {"attn1": {(block, id[, index]):
-        fn(q, k, v, opts) -> out}}; the opts they get hold "block" = ("input" | "middle" | "output", id) and
-        "original_shape". Without patches nothing extra runs.
+        "attn1_patch", "attn1_output_patch", "attn2_patch", "middle_patch" (see `Attn1Hooks`)} and "patches_replace":
+        {"attn1": {(block, id[, index]): fn(q, k, v, opts) -> out}}; the opts they get hold "block" = ("input" |
+        "middle" | "output", id), "original_shape" and "transformer_index". Without patches nothing extra runs.
         """
         opts = transformer_options or {}
         backend = opts.get("attention_backend")
@@ -348,7 +355,8 @@ class UNetModel(nn.Module):
             emb = emb + self.label_emb(y.to(x.dtype))
         patches = opts.get("patches") or {}
         # per-block options only when something reads them (patches): the plain path stays as it was
-        block_opts = {**opts, "original_shape": list(x.shape)} if patches or opts.get("patches_replace") else None
+        block_opts = {**opts, "original_shape": list(x.shape), "transformer_index": 0} \
+            if patches or opts.get("patches_replace") else None
         skips: list[torch.Tensor] = []
         h = x
         for index, block in enumerate(self.input_blocks):
@@ -383,7 +391,7 @@ def _run_patches(fns: list[Callable] | None, h: torch.Tensor, opts: dict[str, An
 def _has_attn1_hooks(opts: dict[str, Any]) -> bool:
     patches = opts.get("patches", {})
     return bool(opts.get("patches_replace", {}).get("attn1") or patches.get("attn1_patch")
-                or patches.get("attn1_output_patch") or patches.get("attn2_patch"))
+                or patches.get("attn1_output_patch") or patches.get("attn2_patch") or patches.get("middle_patch"))
 
 
 def _attn1_hooks(opts: dict[str, Any], index: int) -> Attn1Hooks | None:
@@ -395,10 +403,10 @@ def _attn1_hooks(opts: dict[str, Any], index: int) -> Attn1Hooks | None:
     if block is not None and replaces:
         replace = replaces.get((block[0], block[1], index)) or replaces.get(tuple(block))
     before, after = patches.get("attn1_patch", []), patches.get("attn1_output_patch", [])
-    cross = patches.get("attn2_patch", [])
-    if replace is None and not before and not after and not cross:
+    cross, middle = patches.get("attn2_patch", []), patches.get("middle_patch", [])
+    if replace is None and not before and not after and not cross and not middle:
         return None
-    return Attn1Hooks(before, replace, after, {**opts, "block_index": index}, cross)
+    return Attn1Hooks(before, replace, after, {**opts, "block_index": index}, cross, middle)
 
 
 def _add_control(h: torch.Tensor, control: dict[str, list], name: str) -> torch.Tensor:

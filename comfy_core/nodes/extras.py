@@ -1,6 +1,6 @@
 """More SD nodes that workflows use: SaveImageWebsocket, Perp-Neg (MODEL patch and GUIDER), InstructPix2Pix
-conditioning, the T2I style model, hypernetworks, token merging (ToMe), CLIPTextEncodeControlnet and WebcamCapture,
-with ComfyUI 0.3.64's schemas.
+conditioning, the T2I style model, hypernetworks, token merging (ToMe), GLIGEN text boxes, CLIPTextEncodeControlnet
+and WebcamCapture, with ComfyUI 0.3.64's schemas.
 
 SaveImageWebsocket sends each image to the prompt's client as the binary websocket frame ComfyUI's
 `websockets_api_example_ws_images.py` reads (BE u32 1, BE u32 2 = PNG, PNG bytes), through the progress channel as
@@ -17,6 +17,7 @@ import torch
 from .. import context
 from ..events import OutputImage
 from ..images import tensor_to_pil
+from ..models.gligen import Gligen, load_gligen
 from ..models.hypernetwork import load_hypernetwork
 from ..models.style_model import StyleModel, load_style_model
 from ..models.tome import TomePatch
@@ -272,6 +273,51 @@ class TomePatchModel:
         return (patched,)
 
 
+# -- GLIGEN -------------------------------------------------------------------------------------------------------
+class GLIGENLoader:
+    CATEGORY = "loaders"
+    RETURN_TYPES = ("GLIGEN",)
+    FUNCTION = "load_gligen"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"gligen_name": (model_files("gligen"),)}}
+
+    def load_gligen(self, gligen_name: str):
+        path = model_path("gligen", gligen_name)
+        device, _ = device_dtype()
+        loaded = model_cache().get_custom(path, "gligen", lambda: load_gligen(path, device=device), device=device,
+                                          dtype=torch.float32)
+        return (loaded,)
+
+
+class GLIGENTextBoxApply:
+    CATEGORY = "conditioning/gligen"
+    RETURN_TYPES = ("CONDITIONING",)
+    FUNCTION = "append"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        def box(default: int, minimum: int) -> tuple[str, dict[str, Any]]:
+            return int_input(default, minimum, step=8)
+
+        return {"required": {"conditioning_to": ("CONDITIONING",), "clip": ("CLIP",),
+                             "gligen_textbox_model": ("GLIGEN",), "text": _prompt(),
+                             "width": box(64, 8), "height": box(64, 8), "x": box(0, 0), "y": box(0, 0)}}
+
+    def append(self, conditioning_to: list, clip, gligen_textbox_model: Gligen, text: str, width: int, height: int,
+               x: int, y: int):
+        clip = _require(clip, (), "GLIGENTextBoxApply")
+        # ComfyUI asks for the unprojected pooled output: what SD1's CLIP-L pools (SD1 is GLIGEN's family)
+        _, pooled = clip.encode_from_tokens(clip.tokenize(text), return_pooled=True)
+        box = (pooled, height // 8, width // 8, y // 8, x // 8)  # latent pixels
+        out = []
+        for cond, keys in conditioning_to:
+            previous = keys["gligen"][2] if "gligen" in keys else []
+            out.append([cond, {**keys, "gligen": ("position", gligen_textbox_model, [*previous, box])}])
+        return (out,)
+
+
 # -- image --------------------------------------------------------------------------------------------------------
 class WebcamCapture(LoadImage):
     """LoadImage for the frontend's webcam widget: it uploads the frame (already sized) and sends its name."""
@@ -302,6 +348,8 @@ NODE_CLASS_MAPPINGS = {
     "StyleModelApply": StyleModelApply,
     "HypernetworkLoader": HypernetworkLoader,
     "TomePatchModel": TomePatchModel,
+    "GLIGENLoader": GLIGENLoader,
+    "GLIGENTextBoxApply": GLIGENTextBoxApply,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
     "StyleModelLoader": "Load Style Model",

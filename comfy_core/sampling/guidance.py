@@ -29,6 +29,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ..models.gligen import gligen_middle_patch
 from .common import (
     CFG_FUNCTION,
     DISABLE_CFG1_OPTIMIZATION,
@@ -56,6 +57,7 @@ class Cond:
     sigma_start: float | None = None  # active while sigma <= sigma_start
     sigma_end: float | None = None  # ... and sigma >= sigma_end
     control: Any = None
+    gligen: Any = None  # ("position", GLIGEN model, boxes): a per-call middle_patch (models/gligen.py)
 
 
 def _resolve_area(extras: dict[str, Any], height: int, width: int) -> tuple[int, int, int, int] | None:
@@ -101,7 +103,7 @@ def prepare_conds(model, conditioning: list, noise: torch.Tensor, *, prompt_type
         area = _resolve_area(extras, height, width)
         if mask is not None and extras.get("set_area_to_bounds"):
             area = _bounds_area(mask) or area
-        params = {k: v for k, v in extras.items() if k not in ("area", "mask", "control")}
+        params = {k: v for k, v in extras.items() if k not in ("area", "mask", "control", "gligen")}
         # as ComfyUI's encode_model_conds: an entry's own values win, except the noise the sampler starts from
         model_conds = model.extra_conds(**{"latent_image": latent_image, "denoise_mask": denoise_mask, "seed": seed,
                                            "prompt_type": prompt_type, **params, "noise": noise})
@@ -110,7 +112,7 @@ def prepare_conds(model, conditioning: list, noise: torch.Tensor, *, prompt_type
             mask=mask, mask_strength=float(extras.get("mask_strength", 1.0)),
             sigma_start=ms.percent_to_sigma(extras["start_percent"]) if "start_percent" in extras else None,
             sigma_end=ms.percent_to_sigma(extras["end_percent"]) if "end_percent" in extras else None,
-            control=extras.get("control")))
+            control=extras.get("control"), gligen=extras.get("gligen")))
     return conds
 
 
@@ -125,6 +127,7 @@ class _Chunk:
     context: torch.Tensor
     model_conds: dict[str, torch.Tensor]
     control: Any
+    patches: dict[str, list] | None = None  # transformer patches of this entry only (GLIGEN's middle_patch)
 
 
 def _feather(mult: torch.Tensor, area: tuple[int, int, int, int], full: tuple[int, int]) -> None:
@@ -161,7 +164,11 @@ def _chunk(cond: Cond, which: int, x: torch.Tensor, sigma: torch.Tensor) -> _Chu
         if value.ndim == 4:  # spatial conds (inpaint c_concat) follow the area
             value = value[:, :, y:y + h, x0:x0 + w]
         model_conds[key] = _to_batch(value, crop.shape[0])
-    return _Chunk(which, crop, mult, (h, w, y, x0), _to_batch(cond.context, crop.shape[0]), model_conds, cond.control)
+    patches = None
+    if cond.gligen is not None:
+        patches = {"middle_patch": [gligen_middle_patch(cond.gligen, crop.shape, crop.device)]}
+    return _Chunk(which, crop, mult, (h, w, y, x0), _to_batch(cond.context, crop.shape[0]), model_conds, cond.control,
+                  patches)
 
 
 def _to_batch(t: torch.Tensor, batch: int) -> torch.Tensor:
@@ -173,7 +180,8 @@ def _to_batch(t: torch.Tensor, batch: int) -> torch.Tensor:
 
 
 def _compatible(a: _Chunk, b: _Chunk) -> bool:
-    if a.x.shape != b.x.shape or a.control is not b.control or a.model_conds.keys() != b.model_conds.keys():
+    if a.x.shape != b.x.shape or a.control is not b.control or a.patches is not b.patches \
+            or a.model_conds.keys() != b.model_conds.keys():
         return False
     if any(a.model_conds[k].shape != b.model_conds[k].shape for k in a.model_conds):
         return False
@@ -213,6 +221,9 @@ def _run_batch(model, batch: list[_Chunk], sigma, model_options, outs, counts) -
         control = batch[0].control.get_control(x_in, sigma_in, conds, [c.which for c in batch])
     transformer_options = {**model_options.get("transformer_options", {}),
                            "cond_or_uncond": [c.which for c in batch], "sigmas": sigma_in}
+    if batch[0].patches:  # an entry's own patches run after the MODEL's (ComfyUI appends them)
+        own = transformer_options.get("patches", {})
+        transformer_options["patches"] = {**own, **{k: [*own.get(k, []), *v] for k, v in batch[0].patches.items()}}
     output = model.apply_model(x_in, sigma_in, context=conds["context"], y=conds.get("y"),
                                c_concat=conds.get("c_concat"), control=control,
                                transformer_options=transformer_options)
