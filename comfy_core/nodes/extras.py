@@ -160,6 +160,14 @@ class CLIPTextEncodeControlnet:
         return (_with_extras(conditioning, cross_attn_controlnet=cond, pooled_output_controlnet=pooled),)
 
 
+def _load_float32(kind: str, name: str, loader):
+    """A small auxiliary model file through the engine's model cache, kept in float32 on the engine's device."""
+    path = model_path(kind, name)
+    device, _ = device_dtype()
+    return model_cache().get_custom(path, kind, lambda: loader(path, device=device), device=device,
+                                    dtype=torch.float32)
+
+
 # -- style model (T2I-Adapter style) ------------------------------------------------------------------------------
 class StyleModelLoader:
     CATEGORY = "loaders"
@@ -171,11 +179,7 @@ class StyleModelLoader:
         return {"required": {"style_model_name": (model_files("style_models"),)}}
 
     def load_style_model(self, style_model_name: str):
-        path = model_path("style_models", style_model_name)
-        device, _ = device_dtype()
-        loaded = model_cache().get_custom(path, "style_model", lambda: load_style_model(path, device=device),
-                                          device=device, dtype=torch.float32)
-        return (loaded,)
+        return (_load_float32("style_models", style_model_name, load_style_model),)
 
 
 def _style_attention_mask(keys: dict[str, Any], txt: torch.Tensor, n_style: int,
@@ -284,11 +288,7 @@ class GLIGENLoader:
         return {"required": {"gligen_name": (model_files("gligen"),)}}
 
     def load_gligen(self, gligen_name: str):
-        path = model_path("gligen", gligen_name)
-        device, _ = device_dtype()
-        loaded = model_cache().get_custom(path, "gligen", lambda: load_gligen(path, device=device), device=device,
-                                          dtype=torch.float32)
-        return (loaded,)
+        return (_load_float32("gligen", gligen_name, load_gligen),)
 
 
 class GLIGENTextBoxApply:
