@@ -775,3 +775,24 @@ def test_gligen_text_box_apply_appends_boxes(tmp_path):
     _, pooled = clip.encode_from_tokens(clip.tokenize("a cat"), return_pooled=True)
     assert kind == "position" and gligen is model and [b[1:] for b in boxes] == [(9, 8, 3, 2), (1, 1, 0, 0)]
     assert torch.equal(boxes[0][0], pooled) and "gligen" not in base[0][1] and len(one[0][1]["gligen"][2]) == 1
+
+
+def test_controlnet_text_reaches_the_controlnet(tmp_path):
+    """CLIPTextEncodeControlnet's tokens become the model cond `crossattn_controlnet` the ControlNet reads
+    (models/controlnet.py) while the UNet keeps the prompt's own context."""
+    from comfy_core.models.checkpoint import load_checkpoint_file
+
+    model = load_checkpoint_file(fm.write_checkpoint(tmp_path / "m.safetensors", "sd1", text=False, vae=False),
+                                 want_clip=False, want_vae=False)[0]
+    seen = {}
+
+    class RecordingControl:
+        def get_control(self, x, sigma, conds, cond_or_uncond):
+            seen.update(conds)
+            return {}
+
+    prompt, controlnet_text = torch.randn(1, 77, 32), torch.randn(1, 154, 32)
+    cond = [[prompt, {"control": RecordingControl(), "cross_attn_controlnet": controlnet_text}]]
+    x = torch.randn(1, 4, 8, 8)
+    calc_cond_batch(model, [prepare_conds(model, cond, x, prompt_type="positive")], x, torch.tensor([2.0]), {})
+    assert torch.equal(seen["crossattn_controlnet"], controlnet_text) and torch.equal(seen["context"], prompt)

@@ -143,7 +143,8 @@ class DiffusionModel:
         (already process_latent_in'd), denoise_mask, concat_latent_image, concat_mask, pooled_output [1,P],
         width/height (default noise size x8), crop_w/crop_h, target_width/target_height, aesthetic_score,
         prompt_type ("positive"/"negative"), unclip_conditioning (list of dicts), seed.
-        Returns {"y": [B?,adm]} for ADM models and {"c_concat": [B,5,h,w]} for inpaint models.
+        Returns {"y": [B?,adm]} for ADM models, {"c_concat": [B,5|4,h,w]} for inpaint / InstructPix2Pix models and
+        {"crossattn_controlnet": [1,T,D]} when the entry has `cross_attn_controlnet`.
         """
         noise = kw.get("noise")
         if noise is None:
@@ -158,6 +159,8 @@ class DiffusionModel:
         y = self.encode_adm(**kw)
         if y is not None:
             out["y"] = repeat_to_batch(y, noise.shape[0])
+        if kw.get("cross_attn_controlnet") is not None:  # CLIPTextEncodeControlnet: the ControlNet's own text
+            out["crossattn_controlnet"] = kw["cross_attn_controlnet"]
         return out
 
     def encode_adm(self, **kw: Any) -> torch.Tensor | None:
