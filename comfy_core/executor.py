@@ -8,14 +8,14 @@ import asyncio
 import inspect
 import logging
 import traceback
-from collections.abc import Callable, Iterable, Mapping
-from typing import Any, NamedTuple
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import msgspec
 
 from . import context as node_context
 from .cache import CachedResult, OutputCache
-from .dynamic_graph import DependencyCycleError, DynamicPrompt, ExecutionList
+from .dynamic_graph import DependencyCycleError, ExecutionList
 from .errors import Interrupted, NodeExecutionError
 from .events import (
     Event,
@@ -26,15 +26,20 @@ from .events import (
     ExecutionInterrupted,
     ExecutionStart,
     ExecutionSuccess,
-    OutputImage,
-    PreviewFrame,
-    Progress,
-    ProgressState,
     now_ms,
 )
 from .graph import _type_name, is_link
 from .graph_utils import ExecutionBlocker
+from .node_calls import (
+    NodeCall,
+    format_inputs,
+    map_over_lists,
+    merge_calls,
+    merge_ui,
+    split_call,
+)
 from .nodes.registry import NodeRegistry
+from .prompt_run import PromptRun
 from .signature import compute_signatures
 
 log = logging.getLogger(__name__)
@@ -61,108 +66,6 @@ class DuplicateNodeError(NodeExecutionError):
     """A node expansion reused a node id that already exists in the running prompt."""
 
 
-class _Call(NamedTuple):
-    """One mapped call's return value, split into ComfyUI's parts."""
-
-    values: Any  # tuple of outputs (links into `expand` for an expanding call), or None
-    ui: dict[str, Any] | None
-    expand: dict[str, Any] | None
-
-
-def _split_call(result: Any, n_out: int) -> _Call:
-    if isinstance(result, ExecutionBlocker):
-        return _Call((result,) * n_out, None, None)
-    if isinstance(result, dict):
-        values = result.get("result", ())
-        if isinstance(values, ExecutionBlocker):
-            values = (values,) * n_out
-        return _Call(values, result.get("ui"), result.get("expand"))
-    return _Call(result, None, None)
-
-
-def _format_inputs(inputs: dict[str, list[Any]]) -> dict[str, list[Any]]:
-    keep = (int, float, str, bool, type(None))
-    return {k: [v if isinstance(v, keep) else str(v) for v in vs] for k, vs in inputs.items()}
-
-
-def _merge_ui(uis: list[dict[str, Any]]) -> dict[str, Any] | None:
-    if not uis:
-        return None
-    merged = {k: list(v) for k, v in uis[0].items()}
-    for ui in uis[1:]:
-        for key in merged:
-            merged[key] += list(ui.get(key, []))
-    return merged
-
-
-def _first_blocker(kwargs: dict[str, Any], whole_lists: bool) -> ExecutionBlocker | None:
-    for value in kwargs.values():
-        for item in (value if whole_lists else (value,)):
-            if isinstance(item, ExecutionBlocker):
-                return item
-    return None
-
-
-class _PromptRun:
-    """The state of one prompt's execution: its live graph, results so far, UI outputs, per-node progress,
-    expansions waiting for their sub-graphs, and the messages recorded for history."""
-
-    def __init__(self, prompt: dict[str, Any], prompt_id: str, emit: Callable[[Event], None]):
-        self.prompt, self.prompt_id, self._emit = prompt, prompt_id, emit
-        self.graph = DynamicPrompt(prompt)
-        self.signatures: dict[str, str] = {}
-        self.messages: list[list[Any]] = []
-        self.results: dict[str, CachedResult] = {}
-        self.ui_outputs: dict[str, dict[str, Any]] = {}
-        self.executed: list[str] = []
-        self.states: dict[str, dict[str, Any]] = {}
-        self.expansions: dict[str, tuple[list[_Call], dict[str, Any] | None]] = {}
-
-    def emit(self, event: Event) -> None:
-        self._emit(event)
-
-    def record(self, event: Event) -> None:
-        """Emit and keep for the history entry's status messages."""
-        self.messages.append([event.TYPE, event.to_builtins()])
-        self._emit(event)
-
-    def display(self, node_id: str) -> str:
-        return self.graph.get_display_node_id(node_id) if self.graph.ephemeral else node_id
-
-    def meta(self, node_id: str) -> dict[str, Any]:
-        if not self.graph.ephemeral:  # the common case: no expansion in this prompt
-            return {"node_id": node_id, "display_node": node_id, "parent_node": None, "real_node_id": node_id}
-        return {"node_id": node_id, "display_node": self.display(node_id),
-                "parent_node": self.graph.get_parent_node_id(node_id),
-                "real_node_id": self.graph.get_real_node_id(node_id)}
-
-    def node_state(self, node_id: str, state: str, value: float = 0, total: float = 1) -> None:
-        """progress_state: every started node with its progress (entries are replaced, never mutated)."""
-        meta = self.meta(node_id)
-        self.states[node_id] = {"value": value, "max": total, "state": state, "node_id": node_id,
-                                "prompt_id": self.prompt_id, "display_node_id": meta["display_node"],
-                                "parent_node_id": meta["parent_node"], "real_node_id": meta["real_node_id"]}
-        self._emit(ProgressState(prompt_id=self.prompt_id, nodes=dict(self.states)))
-
-    def show_ui(self, node_id: str, ui: dict[str, Any] | None) -> None:
-        if ui is not None:
-            self.ui_outputs[node_id] = ui
-            self.emit(Executed(node=node_id, display_node=self.display(node_id), output=ui,
-                               prompt_id=self.prompt_id))
-
-    def progress_hook(self, node_id: str, wants_previews: bool):
-        def on_progress(value: int, total: int, preview: Any) -> None:
-            self._emit(Progress(value=value, max=total, prompt_id=self.prompt_id, node=node_id))
-            self.node_state(node_id, "running", value, total)
-            if isinstance(preview, OutputImage):  # a node's output image: sent whatever the preview method
-                self._emit(PreviewFrame(image=preview.image, image_type=preview.image_type, prompt_id=self.prompt_id,
-                                        node_id=node_id, lossy=False))
-            elif preview is not None and wants_previews:
-                self._emit(PreviewFrame(image=preview, image_type="image/jpeg", prompt_id=self.prompt_id,
-                                        node_id=node_id))
-        return on_progress
-
-
 class Executor:
     """Executes prompts for one engine; holds the output cache and the node instances between prompts."""
 
@@ -175,7 +78,7 @@ class Executor:
 
     def execute(self, prompt: dict[str, Any], outputs: list[str], prompt_id: str, extra_data: dict[str, Any],
                 ctx: node_context.NodeContext, emit: Callable[[Event], None]) -> RunRecord:
-        run = _PromptRun(prompt, prompt_id, emit)
+        run = PromptRun(prompt, prompt_id, emit)
         run.record(ExecutionStart(prompt_id=prompt_id, timestamp=now_ms()))
         self._specs = {}
         run.signatures = self._signatures(prompt, outputs, ctx)
@@ -207,7 +110,7 @@ class Executor:
             others = [n for n in prompt if n not in signatures]
             return {**compute_signatures(prompt, others, self.registry, skip_broken=True), **signatures}
 
-    def _execution_list(self, run: _PromptRun) -> ExecutionList:
+    def _execution_list(self, run: PromptRun) -> ExecutionList:
         flags: dict[str, tuple[bool, bool, frozenset[str]]] = {}  # class_type -> (output, async, lazy inputs)
 
         def flags_of(node_id: str) -> tuple[bool, bool, frozenset[str]]:
@@ -231,7 +134,7 @@ class Executor:
         except DependencyCycleError as exc:
             raise _NodeFailure(exc.blamed, exc, {}) from exc
 
-    def _step(self, run: _PromptRun, order: ExecutionList, node_id: str, extra_data, ctx) -> bool:
+    def _step(self, run: PromptRun, order: ExecutionList, node_id: str, extra_data, ctx) -> bool:
         """Run (or finish) the picked node; False when it must wait (it asked for lazy inputs, or it expanded)."""
         if node_id in run.results:  # a cached output node: replay its UI
             run.emit(Executed(node=node_id, display_node=run.display(node_id), output=run.results[node_id].ui,
@@ -251,7 +154,7 @@ class Executor:
         run.node_state(node_id, "finished", 1, 1)
         return True
 
-    def _failed(self, run: _PromptRun, failure: _NodeFailure) -> RunRecord:
+    def _failed(self, run: PromptRun, failure: _NodeFailure) -> RunRecord:
         node_id = run.graph.get_real_node_id(failure.node_id)  # errors inside an expansion blame its prompt node
         node_type = run.prompt[node_id]["class_type"]
         meta = {n: run.meta(n) for n in run.ui_outputs}
@@ -267,7 +170,7 @@ class Executor:
             exception_message=str(exc),
             exception_type="graph.DependencyCycleError" if cycle else _type_name(exc),
             traceback=[] if cycle else traceback.format_tb(exc.__traceback__),
-            current_inputs=_format_inputs(failure.inputs), current_outputs=list(run.prompt), timestamp=now_ms())
+            current_inputs=format_inputs(failure.inputs), current_outputs=list(run.prompt), timestamp=now_ms())
         run.record(error)
         return RunRecord(outputs=run.ui_outputs, status_str="error", completed=False, messages=run.messages,
                          error=error, meta=meta)
@@ -300,7 +203,7 @@ class Executor:
                                 "raw_link": {k for k, o in options.items() if o.get("rawLink")}}
         return self._specs[cls]
 
-    def _run_node(self, run: _PromptRun, order: ExecutionList, node_id: str, extra_data,
+    def _run_node(self, run: PromptRun, order: ExecutionList, node_id: str, extra_data,
                   ctx) -> CachedResult | None:
         """Call the node; None when it must wait (lazy inputs requested, or it expanded into new nodes)."""
         node = run.graph.get_node(node_id)
@@ -315,17 +218,17 @@ class Executor:
             with node_context.use(node_ctx):
                 if self._requests_lazy_inputs(order, node_id, obj, cls, inputs, missing, node_ctx):
                     return None
-                results = self._report_blocks(run, node_id, self._map_over_lists(obj, cls, inputs, node_ctx))
-            calls = [_split_call(r, len(getattr(cls, "RETURN_TYPES", ()))) for r in results]
+                results = self._report_blocks(run, node_id, self._call(obj, cls, inputs, node_ctx))
+            calls = [split_call(r, len(getattr(cls, "RETURN_TYPES", ()))) for r in results]
             if any(call.expand is not None for call in calls):
                 self._expand(run, order, node_id, calls, ctx)
                 return None
-            return self._merge_calls(cls, calls)
+            return merge_calls(cls, calls)
         except Exception as exc:
             log.debug("node %s (%s) failed", node_id, node.get("class_type"), exc_info=True)
             raise _NodeFailure(node_id, exc, inputs) from exc
 
-    def _gather_inputs(self, run: _PromptRun, node_id: str, node, cls, extra_data) -> tuple[dict[str, list[Any]],
+    def _gather_inputs(self, run: PromptRun, node_id: str, node, cls, extra_data) -> tuple[dict[str, list[Any]],
                                                                                           set[str]]:
         """Every input as a list: constants → [v], links → the upstream slot's list, hidden → [value].
         A link whose source has not run (a lazy input not asked for yet) is [None] and listed as missing."""
@@ -357,14 +260,14 @@ class Executor:
         evaluated become dependencies and the node waits for them."""
         if not hasattr(obj, "check_lazy_status"):
             return False
-        answers = self._map_over_lists(obj, cls, inputs, ctx, function="check_lazy_status")
+        answers = self._call(obj, cls, inputs, ctx, function="check_lazy_status")
         wanted = dict.fromkeys(name for answer in answers if isinstance(answer, list) for name in answer
                                if isinstance(name, str) and (name not in inputs or name in missing))
         linked = [order.make_input_strong_link(node_id, name) for name in wanted]
         return any(linked)
 
     @staticmethod
-    def _report_blocks(run: _PromptRun, node_id: str, results: list[Any]) -> list[Any]:
+    def _report_blocks(run: PromptRun, node_id: str, results: list[Any]) -> list[Any]:
         """A call blocked by an ExecutionBlocker with a message reports it (an execution_error that does not stop
         the prompt); the blocker then travels on silently."""
         for index, result in enumerate(results):
@@ -378,32 +281,14 @@ class Executor:
             results[index] = ExecutionBlocker(None)
         return results
 
-    def _map_over_lists(self, obj: Any, cls: type, inputs: dict[str, list[Any]], ctx, *,
-                        function: str | None = None) -> list[Any]:
-        """ComfyUI list semantics: one call with whole lists, or one call per index (short lists repeat their
-        last). A call whose inputs hold an ExecutionBlocker is not made; the blocker is its result."""
-        fn = getattr(obj, function or cls.FUNCTION)
-        if self._is_coroutine(cls, function or cls.FUNCTION):
+    def _call(self, obj: Any, cls: type, inputs: dict[str, list[Any]], ctx, *,
+              function: str | None = None) -> list[Any]:
+        """The node's FUNCTION (or `function`) over its inputs with ComfyUI's list semantics; `async def` runs too."""
+        name = function or cls.FUNCTION
+        fn = getattr(obj, name)
+        if self._is_coroutine(cls, name):
             fn = (lambda f: lambda **kw: asyncio.run(f(**kw)))(fn)
-        whole_lists = bool(getattr(cls, "INPUT_IS_LIST", False))
-        if whole_lists:
-            slices: Iterable[dict[str, Any]] = (inputs,)
-        else:
-            count = max(map(len, inputs.values()), default=0)
-            if count <= 1:  # the usual case: one call
-                slices = ({k: v[0] for k, v in inputs.items()},) if count else ({},)
-            else:
-                slices = ({k: v[min(i, len(v) - 1)] for k, v in inputs.items()} for i in range(count))
-        results = []
-        for index, kwargs in enumerate(slices):
-            ctx.check_interrupted()
-            blocker = _first_blocker(kwargs, whole_lists)
-            if blocker is not None:
-                results.append(blocker)
-                continue
-            ctx.start_call(index)
-            results.append(fn(**kwargs))
-        return results
+        return map_over_lists(fn, inputs, bool(getattr(cls, "INPUT_IS_LIST", False)), ctx)
 
     def _is_coroutine(self, cls: type, function: str) -> bool:
         key = (cls, function)
@@ -411,29 +296,8 @@ class Executor:
             self._coroutines[key] = inspect.iscoroutinefunction(getattr(cls, function, None))
         return self._coroutines[key]
 
-    @staticmethod
-    def _merge_calls(cls: type, calls: list[_Call],
-                     resolve: Callable[[Any], list[Any] | None] | None = None) -> CachedResult:
-        """Per output slot, the values of every call (OUTPUT_IS_LIST slots concatenate lists); `resolve` turns an
-        expanding call's links into the linked node's output list."""
-        n_out = len(getattr(cls, "RETURN_TYPES", ()))
-        is_list = list(getattr(cls, "OUTPUT_IS_LIST", [False] * n_out))
-        outputs: list[list[Any]] = [[] for _ in range(n_out)]
-        for call in calls:
-            values = call.values
-            for i in range(n_out):
-                value = values[i] if values is not None and i < len(values) else None
-                resolved = resolve(value) if resolve is not None and call.expand is not None else None
-                if resolved is not None:
-                    outputs[i] += resolved
-                elif is_list[i] and isinstance(value, list):
-                    outputs[i] += value
-                else:
-                    outputs[i].append(value)
-        return CachedResult(outputs=outputs, ui=_merge_ui([c.ui for c in calls if c.ui is not None]))
-
     # -- node expansion ---------------------------------------------------------------------------------------------
-    def _expand(self, run: _PromptRun, order: ExecutionList, node_id: str, calls: list[_Call], ctx) -> None:
+    def _expand(self, run: PromptRun, order: ExecutionList, node_id: str, calls: list[NodeCall], ctx) -> None:
         """Add the nodes the calls returned under "expand", schedule them, and park the node until they ran."""
         new_ids = self._add_ephemeral_nodes(run, node_id, calls)
         with node_context.use(ctx):  # IS_CHANGED of the new nodes may need engine services
@@ -452,11 +316,11 @@ class Executor:
             for value in call.values:
                 if is_link(value) and str(value[0]) in run.graph:
                     order.add_strong_link(str(value[0]), value[1], node_id)
-        ui = _merge_ui([c.ui for c in calls if c.ui is not None])
+        ui = merge_ui([c.ui for c in calls if c.ui is not None])
         run.show_ui(node_id, ui)
         run.expansions[node_id] = (calls, ui)
 
-    def _add_ephemeral_nodes(self, run: _PromptRun, parent_id: str, calls: list[_Call]) -> list[str]:
+    def _add_ephemeral_nodes(self, run: PromptRun, parent_id: str, calls: list[NodeCall]) -> list[str]:
         graphs = [call.expand for call in calls if call.expand is not None]
         new_ids = [str(n) for graph in graphs for n in graph]
         for new_id in new_ids:
@@ -471,7 +335,7 @@ class Executor:
                 run.graph.add_ephemeral_node(str(new_id), node, parent_id, display)
         return new_ids
 
-    def _resolve_expansion(self, run: _PromptRun, node_id: str) -> CachedResult:
+    def _resolve_expansion(self, run: PromptRun, node_id: str) -> CachedResult:
         """The expanded node's outputs, now that its sub-graph ran: links replaced by the linked outputs."""
         calls, ui = run.expansions.pop(node_id)
 
@@ -481,6 +345,6 @@ class Executor:
             return None
 
         cls = self.registry.get(run.graph.get_node(node_id)["class_type"])
-        result = self._merge_calls(cls, calls, resolve)
+        result = merge_calls(cls, calls, resolve)
         result.ui = ui
         return result
