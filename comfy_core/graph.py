@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import inspect
 import traceback
-from collections.abc import Iterable, Mapping
+from collections.abc import Generator, Iterable, Mapping
 from typing import Any
 
 import msgspec
@@ -19,6 +19,7 @@ from .errors import PromptError
 from .nodes.registry import NodeRegistry
 
 MAX_LISTED_CHOICES = 20  # ComfyUI abbreviates longer combo lists in error details
+_Result = tuple[bool, list[dict[str, Any]]]  # (valid, errors) of one node
 
 
 class ValidPrompt(msgspec.Struct):
@@ -108,18 +109,46 @@ class _Validator:
         self._classes: dict[str, tuple[type, dict, dict, set[str], bool]] = {}
 
     def node(self, node_id: str) -> tuple[bool, list[dict[str, Any]]]:
+        """The memoized result of one node, its upstream checked depth first.
+
+        Each check is a generator that yields the ids of the upstream nodes it needs and is sent their results, so
+        the depth first walk runs on an explicit stack: a 5000-node chain does not exhaust Python's recursion limit
+        (ComfyUI's recursive walk fails there). An exception leaving a check is thrown into the check that asked
+        for it, exactly where a recursive call would have raised; a cycle is thrown at the node that closes it.
+        """
         if node_id in self.results:
             return self.results[node_id]
-        if node_id in self.visiting:  # a static cycle: ComfyUI recurses forever here
-            path = list(self.visiting)
-            raise _CycleError(path[path.index(node_id):] + [node_id])
         self.visiting[node_id] = None
-        try:
-            result = self._check(node_id)
-        finally:
-            del self.visiting[node_id]
-        self.results[node_id] = result
-        return result
+        stack: list[tuple[str, Generator[str, Any, _Result]]] = [(node_id, self._check(node_id))]
+        reply: Any = None
+        thrown: BaseException | None = None
+        while stack:
+            current, check = stack[-1]
+            try:
+                wanted = check.throw(thrown) if thrown is not None else check.send(reply)
+            except StopIteration as done:
+                stack.pop()
+                del self.visiting[current]
+                self.results[current] = reply = done.value
+                thrown = None
+                continue
+            except Exception as exc:
+                stack.pop()
+                del self.visiting[current]
+                if not stack:
+                    raise
+                reply, thrown = None, exc
+                continue
+            reply, thrown = None, None
+            if wanted in self.results:
+                reply = self.results[wanted]
+            elif wanted in self.visiting:  # a static cycle: ComfyUI recurses forever here
+                path = list(self.visiting)
+                thrown = _CycleError(path[path.index(wanted):] + [wanted])
+            else:
+                self.visiting[wanted] = None
+                stack.append((wanted, self._check(wanted)))
+        return self.results[node_id]
 
     def _class_info(self, class_type: str) -> tuple[type, dict, dict, set[str], bool]:
         """(class, required, optional, names VALIDATE_INPUTS takes, takes **kwargs), once per class per run."""
@@ -130,7 +159,7 @@ class _Validator:
                                          *validate_inputs_signature(cls))
         return self._classes[class_type]
 
-    def _check(self, node_id: str) -> tuple[bool, list[dict[str, Any]]]:
+    def _check(self, node_id: str) -> Generator[str, Any, _Result]:
         node = self.prompt[node_id]
         cls, required, optional, skip_checks, takes_kwargs = self._class_info(node["class_type"])
         inputs = node["inputs"]
@@ -145,7 +174,7 @@ class _Validator:
                 continue
             value = inputs[name]
             if is_link(value):
-                ok, received = self._check_link(name, value, config, skip_checks, errors)
+                ok, received = yield from self._check_link(name, value, config, skip_checks, errors)
                 valid &= ok
                 if received is not None:
                     linked_types[name] = received
@@ -157,7 +186,7 @@ class _Validator:
             errors += self._custom(cls, inputs, skip_checks, takes_kwargs, linked_types)
         return valid and not errors, errors
 
-    def _check_link(self, name, value, config, skip_checks, errors) -> tuple[bool, Any]:
+    def _check_link(self, name, value, config, skip_checks, errors) -> Generator[str, Any, tuple[bool, Any]]:
         info = {"input_name": name, "input_config": list(config), "received_value": value}
         if len(value) != 2:
             errors.append(_error("bad_linked_input", "Bad linked input, must be a length-2 list of [node_id, slot_index]",
@@ -182,11 +211,11 @@ class _Validator:
                 f"{name}, received_type({received}) mismatch input_type({expected})",
                 {"input_name": name, "input_config": list(config), "received_type": received, "linked_node": value}))
             return False, received
-        return self._check_upstream(source_id, name, config, value), received
+        return (yield from self._check_upstream(source_id, name, config, value)), received
 
-    def _check_upstream(self, source_id: str, name: str, config: Any, link: list) -> bool:
+    def _check_upstream(self, source_id: str, name: str, config: Any, link: list) -> Generator[str, Any, bool]:
         try:
-            ok, _ = self.node(source_id)
+            ok, _ = yield source_id  # `node()` checks it (or throws its exception in here)
             return ok
         except _CycleError:
             raise

@@ -235,3 +235,47 @@ def test_non_string_class_type_is_invalid_prompt(registry, class_type):
                                        "message": f"Cannot execute because node {class_type} does not exist.",
                                        "details": "Node ID '#1'", "extra_info": {}}
     assert exc.value.body["node_errors"] == {}
+
+
+# --- deep graphs: the depth first walk runs on an explicit stack (found by tests/test_asgi_fuzz.py) -------------
+
+def add_chain(depth: int, head: dict) -> dict:
+    """head -> Add x depth -> Show "out": `depth` links deep, far past Python's recursion limit for 5000."""
+    prompt = {"0": head}
+    for i in range(1, depth + 1):
+        prompt[str(i)] = {"class_type": "Add", "inputs": {"a": [str(i - 1), 0], "b": 1}}
+    return {**show(str(depth), node_id="out"), **prompt}
+
+
+def test_5000_deep_chain_validates(registry):
+    valid = validate(add_chain(5000, {"class_type": "Number", "inputs": {"value": 1}}), registry)
+    assert valid.outputs == ["out"] and valid.node_errors == {}
+    assert valid.prompt["4999"]["inputs"] == {"a": ["4998", 0], "b": 1}
+
+
+def test_deep_chain_reports_the_error_at_its_far_end(registry):
+    with pytest.raises(PromptError) as exc:
+        validate(add_chain(5000, {"class_type": "Number", "inputs": {"value": 5000}}), registry)  # max is 1000
+    assert list(exc.value.node_errors) == ["0"]
+    assert errors_of(exc, "0")[0]["type"] == "value_bigger_than_max"
+    assert exc.value.node_errors["0"]["dependent_outputs"] == ["out"]
+
+
+def test_inner_exception_deep_down_is_reported_on_the_node_that_raised(registry):
+    with pytest.raises(PromptError) as exc:
+        validate(add_chain(3000, {"class_type": "Explodes", "inputs": {"value": 1}}), registry)
+    (error,) = errors_of(exc, "0")
+    assert error["type"] == "exception_during_inner_validation" and error["details"] == "validator exploded"
+    assert error["extra_info"]["input_name"] == "a" and error["extra_info"]["linked_node"] == ["0", 0]
+    assert error["extra_info"]["exception_type"] == "RuntimeError"
+
+
+def test_3000_node_ring_is_a_named_cycle(registry):
+    ring = {str(i): {"class_type": "Add", "inputs": {"a": [str((i + 1) % 3000), 0], "b": 1}} for i in range(3000)}
+    with pytest.raises(PromptError) as exc:
+        validate({**show("0", node_id="out"), **ring}, registry)
+    assert set(exc.value.node_errors) == set(ring)
+    (error,) = errors_of(exc, "1500")
+    cycle = error["extra_info"]["cycle"]
+    assert error["type"] == "dependency_cycle" and len(cycle) == 3001 and cycle[0] == cycle[-1] == "0"
+    assert cycle[1:4] == ["1", "2", "3"]
