@@ -8,6 +8,7 @@ import copy
 import logging
 import os
 import threading
+import traceback
 import uuid
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from . import context as node_context
 from .cache import OutputCache
 from .config import EngineConfig
 from .errors import Interrupted, NodeExecutionError, PromptError
-from .events import Event, EventBus, Executing, Status
+from .events import Event, EventBus, Executing, ExecutionError, Status, now_ms
 from .executor import Executor, RunRecord
 from .folders import ModelFolders
 from .graph import decode_prompt, validate
@@ -319,8 +320,12 @@ class Engine:
             self._emit_status()
             try:
                 self._process(item)
-            except Exception:  # the worker must survive anything a prompt does
+            except Exception as exc:  # the worker must survive anything a prompt does
                 log.exception("prompt %s crashed the executor", item.prompt_id)
+                try:
+                    self._end_crashed(item, exc)
+                except Exception:
+                    log.exception("could not report the crash of prompt %s", item.prompt_id)
             finally:
                 self._queue.done(item.prompt_id)
             self._apply_free()
@@ -345,6 +350,31 @@ class Engine:
         self._queue.done(prompt_id)
         self._emit_status()
         self._emit(Executing(node=None, prompt_id=prompt_id), client_id=client_id)
+
+    def _end_crashed(self, item: QueueItem, exc: Exception) -> None:
+        """End a prompt whose execution failed outside any node (a fault of the engine, not of a node) as a failed
+        prompt: an `execution_error` naming the exception, an error entry in history and `executing: null`.
+        Without them the prompt vanished and its client (and `wait()`) waited forever."""
+        number, prompt_id, prompt, extra_data, outputs = item
+        client_id = extra_data.get("client_id")
+        if self.history_item(prompt_id):  # it failed after its end was already reported
+            return
+        node_id = outputs[0] if outputs else ""
+        node = prompt.get(node_id)
+        error = ExecutionError(
+            prompt_id=prompt_id, node_id=node_id, node_type=str(node.get("class_type", "")) if node else "",
+            executed=[], exception_message=str(exc), exception_type=type(exc).__qualname__,
+            traceback=traceback.format_tb(exc.__traceback__), current_inputs={}, current_outputs=list(prompt),
+            timestamp=now_ms())
+        record = RunRecord(outputs={}, status_str="error", completed=False,
+                           messages=[[error.TYPE, error.to_builtins()]], error=error)
+        try:
+            self._emit(error, client_id=client_id)
+            self.history_store.add(prompt_id, self._history_entry(item, record))
+        finally:
+            self._queue.done(prompt_id)
+            self._emit_status()
+            self._emit(Executing(node=None, prompt_id=prompt_id), client_id=client_id)
 
     @staticmethod
     def _history_entry(item: QueueItem, record: RunRecord) -> dict[str, Any]:

@@ -294,3 +294,28 @@ def test_system_stats_shape(engine):
         stats["system"])
     (device,) = stats["devices"]
     assert device["type"] == "cpu" and device["index"] is None and device["name"] == "cpu"
+
+
+def test_executor_crash_ends_the_prompt_and_the_engine_keeps_serving(engine, monkeypatch):
+    # a fault outside any node (the executor's own RecursionError on deep graphs was one) used to leave the prompt
+    # without history or terminal events: `wait()` and websocket clients waited forever
+    rec = Recorder(engine, client_id="me")
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("executor bug")
+
+    monkeypatch.setattr(engine.executor, "execute", broken)
+    with pytest.raises(NodeExecutionError) as exc:
+        engine.run(chain(1), timeout=10, client_id="me")
+    assert "RuntimeError: executor bug" in str(exc.value)
+    (error,) = rec.of("execution_error")
+    assert error["node_id"] == "9" and error["node_type"] == "Show" and error["exception_type"] == "RuntimeError"
+    assert error["exception_message"] == "executor bug" and error["traceback"]
+    assert rec.types()[-3:] == ["execution_error", "status", "executing"]
+    assert rec.of("executing")[-1] == {"node": None, "prompt_id": error["prompt_id"]}
+    entry = engine.history_item(error["prompt_id"])[error["prompt_id"]]
+    assert entry["status"]["status_str"] == "error" and entry["status"]["completed"] is False
+    assert engine.queue_remaining() == 0
+    monkeypatch.undo()
+    assert engine.run(chain(1), timeout=10).outputs["9"]["text"] == ["12"]
+
