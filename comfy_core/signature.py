@@ -68,9 +68,8 @@ def compute_signatures(prompt: Mapping[str, Any], node_ids: list[str], registry:
     signatures: dict[str, str] = dict(known or {})
     hidden_of: dict[str, dict] = {}
 
-    def visit(node_id: str) -> str:
-        if node_id in signatures:
-            return signatures[node_id]
+    def sign(node_id: str) -> str:
+        """The digest of one node whose upstream nodes are all signed."""
         node = prompt[node_id]
         cls = registry.get(node["class_type"])
         changed = is_changed_value(cls, node_id, node["inputs"])
@@ -82,17 +81,37 @@ def compute_signatures(prompt: Mapping[str, Any], node_ids: list[str], registry:
             parts.append(node_id)
         for name in sorted(node["inputs"]):
             value = node["inputs"][name]
-            parts.append([name, ["LINK", visit(str(value[0])), value[1]] if is_link(value) else value])
+            parts.append([name, ["LINK", signatures[str(value[0])], value[1]] if is_link(value) else value])
         digest = hashlib.blake2b(_encode(parts), digest_size=16).hexdigest()
         if changed == ALWAYS_RERUN:
             digest += ":" + uuid.uuid4().hex  # unique per evaluation: never matches a cached entry
-        signatures[node_id] = digest
         return digest
+
+    def visit(root: str) -> None:
+        """Sign `root` after its upstream, depth first on an explicit stack (a 5000-node chain is deeper than
+        Python's recursion limit)."""
+        stack, expanded = [root], set()
+        while stack:
+            node_id = stack[-1]
+            if node_id in signatures:
+                stack.pop()
+                continue
+            waiting = [str(v[0]) for v in prompt[node_id]["inputs"].values()
+                       if is_link(v) and str(v[0]) not in signatures]
+            if waiting and node_id not in expanded:
+                if any(w in expanded for w in waiting):  # an unvalidated prompt may hold a cycle
+                    raise ValueError(f"dependency cycle through node {node_id}")
+                expanded.add(node_id)
+                stack += waiting
+                continue
+            signatures[node_id] = sign(node_id)  # KeyError here: a link to a missing node
+            expanded.discard(node_id)
+            stack.pop()
 
     for node_id in node_ids:
         try:
             visit(node_id)
-        except (KeyError, IndexError, TypeError, RecursionError):
+        except (KeyError, IndexError, TypeError, ValueError):
             if not skip_broken:
                 raise
     return {k: v for k, v in signatures.items() if known is None or k not in known}

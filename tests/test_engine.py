@@ -319,3 +319,14 @@ def test_executor_crash_ends_the_prompt_and_the_engine_keeps_serving(engine, mon
     monkeypatch.undo()
     assert engine.run(chain(1), timeout=10).outputs["9"]["text"] == ["12"]
 
+
+def test_5000_node_chain_runs(engine):
+    # signatures were computed recursively: the executor hit the recursion limit past ~990 links
+    prompt = {"0": {"class_type": "Number", "inputs": {"value": 0}}}
+    for i in range(1, 5001):
+        prompt[str(i)] = {"class_type": "Add", "inputs": {"a": 0, "b": [str(i - 1), 0]}}
+    prompt["out"] = {"class_type": "Show", "inputs": {"value": ["5000", 0]}}
+    result = engine.run(prompt, timeout=60)
+    assert result.outputs["out"]["text"] == ["0"]
+    again = engine.run({**prompt, "0": {"class_type": "Number", "inputs": {"value": 7}}}, timeout=60)
+    assert again.outputs["out"]["text"] == ["7"]  # the new head changed every signature down the chain
