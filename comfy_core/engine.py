@@ -355,7 +355,7 @@ class Engine:
         """End a prompt whose execution failed outside any node (a fault of the engine, not of a node) as a failed
         prompt: an `execution_error` naming the exception, an error entry in history and `executing: null`.
         Without them the prompt vanished and its client (and `wait()`) waited forever."""
-        number, prompt_id, prompt, extra_data, outputs = item
+        _, prompt_id, prompt, extra_data, outputs = item
         client_id = extra_data.get("client_id")
         if self.history_item(prompt_id):  # it failed after its end was already reported
             return
