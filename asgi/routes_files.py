@@ -83,6 +83,8 @@ def _original_ref(form: Any) -> dict[str, Any]:
         ref = msgspec.json.decode(raw)
     except msgspec.DecodeError as exc:
         raise ClientError(400, f"`original_ref` is not valid JSON: {exc}") from None
+    except RecursionError:  # msgspec's depth guard
+        raise ClientError(400, "`original_ref` is nested too deeply") from None
     if not isinstance(ref, dict):
         raise ClientError(400, "`original_ref` must be a JSON object with a `filename`")
     return ref
@@ -166,7 +168,7 @@ def _safetensors_metadata(path: Any) -> dict[str, Any] | None:
         header = f.read(length)
     try:
         decoded = msgspec.json.decode(header)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):  # a damaged or hostile header
         return None
     metadata = decoded.get("__metadata__") if isinstance(decoded, dict) else None
     return metadata if isinstance(metadata, dict) else None

@@ -7,14 +7,20 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import msgspec
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
 from .errors import ClientError
 from .responses import empty_response, json_response
-from .wire import DeleteOrClear, FreeRequest, PromptRequest, PromptResponse, decode
+from .wire import (
+    DeleteOrClear,
+    FreeRequest,
+    PromptRequest,
+    PromptResponse,
+    decode,
+    decode_any,
+)
 
 
 def _engine(request: Request) -> Any:
@@ -73,8 +79,8 @@ async def interrupt(request: Request) -> Response:
     raw = await request.body()
     if raw.strip():
         try:
-            data = msgspec.json.decode(raw)
-        except msgspec.DecodeError:
+            data = decode_any(raw)
+        except ClientError:  # not JSON: a plain interrupt
             data = None
         if isinstance(data, dict) and data.get("prompt_id"):
             prompt_id = str(data["prompt_id"])

@@ -14,7 +14,6 @@ import os
 from typing import Any
 from urllib.parse import unquote
 
-import msgspec
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response
@@ -26,6 +25,7 @@ from comfy_core.storage import mimetype_of
 from .errors import ClientError
 from .responses import empty_response, json_response
 from .routes_files import _NOT_RENDERED
+from .wire import decode_any
 
 USER_HEADER = "comfy-user"
 
@@ -43,11 +43,7 @@ def _flag(request: Request, name: str) -> bool:
 
 
 async def _json_body(request: Request) -> Any:
-    body = await request.body()
-    try:
-        return msgspec.json.decode(body)
-    except msgspec.DecodeError as exc:
-        raise ClientError(400, f"the request body is not valid JSON: {exc}", type_="invalid_json") from None
+    return decode_any(await request.body())
 
 
 # --- users -----------------------------------------------------------------------------------------------------------

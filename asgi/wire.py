@@ -68,4 +68,11 @@ def decode(body: bytes, type_: type[T], *, prompt: bool = False) -> T:
         raise ClientError(400, f"invalid request: {exc}", type_="invalid_request", prompt=prompt) from None
     except msgspec.DecodeError as exc:
         raise ClientError(400, f"the request body is not valid JSON: {exc}", type_="invalid_json", prompt=prompt) from None
+    except RecursionError:  # msgspec's depth guard (arrays/objects nested ~1000 deep) raises this, not DecodeError
+        raise ClientError(400, "the request body is nested too deeply", type_="invalid_json", prompt=prompt) from None
+
+
+def decode_any(body: bytes | str) -> Any:
+    """Untyped JSON of a body or form field; empty, malformed or too deeply nested is a 400."""
+    return decode(body, Any)  # type: ignore[arg-type]
 

@@ -257,7 +257,7 @@ class UserData:
                 return {}
             try:
                 settings = msgspec.json.decode(path.read_bytes())
-            except msgspec.DecodeError as exc:
+            except (msgspec.DecodeError, RecursionError) as exc:  # the file is a user file: any bytes may be there
                 log.warning("ignoring unreadable settings file %s: %s", path, exc)
                 return {}
         return settings if isinstance(settings, dict) else {}
