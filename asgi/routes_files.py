@@ -22,6 +22,7 @@ from urllib.parse import quote
 import msgspec
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 
@@ -53,7 +54,10 @@ def content_disposition(name: str) -> str:
 
 async def _upload_fields(request: Request) -> tuple[bytes, str, str, str, bool, Any]:
     """(data, filename, subfolder, type, overwrite, form) of a ComfyUI upload form; no file part is a 400."""
-    form = await request.form()
+    try:
+        form = await request.form()
+    except HTTPException as exc:  # Starlette's plain-text 400 for a broken multipart body (or > 1000 fields)
+        raise ClientError(400, f"the upload is not a valid multipart form: {exc.detail}") from None
     image = form.get("image")
     if not isinstance(image, UploadFile) or not image.filename:
         raise ClientError(400, "the form has no `image` file part (or its file name is empty)")
