@@ -240,7 +240,8 @@ class WebSocketHub:
                 hello = msgspec.json.decode(text, type=ClientHello)
             except msgspec.ValidationError:  # JSON, but not a hello: it still uses up "first"
                 hello = ClientHello()
-            except msgspec.DecodeError:  # not JSON (ComfyUI logs and keeps waiting for the first message)
+            except (msgspec.DecodeError, RecursionError):  # not JSON, or nested too deeply for msgspec (ComfyUI
+                # logs and keeps waiting for the first message); a RecursionError used to end this reader silently
                 continue
             first = False
             if hello.type == "feature_flags":
