@@ -175,7 +175,8 @@ class WebSocketHub:
 
     async def serve(self, websocket: WebSocket) -> None:
         """The whole life of one /ws connection: until the peer leaves or the hub disconnects it."""
-        sid = websocket.query_params.get("clientId") or uuid.uuid4().hex
+        ids = websocket.query_params.getlist("clientId")  # the first one, as aiohttp's MultiDict.get (ComfyUI)
+        sid = (ids[0] if ids else "") or uuid.uuid4().hex
         await websocket.accept()
         self.start()
         client = self._register(sid, websocket)
