@@ -6,8 +6,10 @@ frontend is asked for.
 """
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 from pathlib import Path
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response
@@ -16,6 +18,9 @@ from starlette.staticfiles import StaticFiles
 
 FRONTEND_PACKAGE = "comfyui_frontend_package"
 TEMPLATES_PACKAGE = "comfyui_workflow_templates"  # the template gallery the frontend reads from /templates
+# What ComfyUI 0.3.64's requirements.txt pins; its /system_stats reports them so the UI can warn about an old build.
+REQUIRED_FRONTEND_VERSION = "1.27.10"
+REQUIRED_TEMPLATES_VERSION = "0.1.95"
 _NO_CACHE = {"Cache-Control": "no-cache", "Pragma": "no-cache", "Expires": "0"}
 
 
@@ -36,6 +41,20 @@ def installed_frontend() -> Path | None:
 def installed_templates() -> Path | None:
     """The templates folder of the installed `comfyui-workflow-templates`, if any."""
     return _package_folder(TEMPLATES_PACKAGE, "templates")
+
+
+def _distribution_version(name: str) -> str | None:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def frontend_versions() -> dict[str, Any]:
+    """The frontend/template version facts ComfyUI adds to /system_stats (the installed one is null when absent)."""
+    return {"required_frontend_version": REQUIRED_FRONTEND_VERSION,
+            "installed_templates_version": _distribution_version("comfyui-workflow-templates"),
+            "required_templates_version": REQUIRED_TEMPLATES_VERSION}
 
 
 class _FrontendFiles(StaticFiles):

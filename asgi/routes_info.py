@@ -24,8 +24,19 @@ def _engine(request: Request) -> Any:
     return request.app.state.engine
 
 
+def _with_versions(stats: dict[str, Any], versions: dict[str, Any]) -> dict[str, Any]:
+    """The engine's stats with the frontend version facts after `comfyui_version`, where ComfyUI puts them."""
+    system: dict[str, Any] = {}
+    for key, value in stats["system"].items():
+        system[key] = value
+        if key == "comfyui_version":
+            system.update(versions)
+    return {**stats, "system": system}
+
+
 async def system_stats(request: Request) -> Response:
-    return json_response(await run_in_threadpool(_engine(request).system_stats))
+    stats = await run_in_threadpool(_engine(request).system_stats)
+    return json_response(_with_versions(stats, request.app.state.frontend_versions))
 
 
 async def object_info(request: Request) -> Response:

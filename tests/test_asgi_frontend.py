@@ -87,3 +87,28 @@ def test_the_installed_frontend_package_is_found_when_present():
     if root is None:
         pytest.skip("comfyui-frontend-package is not installed (pip install 'comfy-core[frontend]')")
     assert (root / "index.html").is_file()
+
+
+def test_system_stats_reports_the_frontend_versions_after_comfyui_version(tmp_path, monkeypatch):
+    """ComfyUI 0.3.64 lists the frontend/template versions its requirements pin (the UI warns when its own build is
+    older) and the installed templates version, null without the package."""
+    import importlib.metadata
+
+    from comfy_core.asgi import frontend
+
+    def fake_version(name):
+        if name == "comfyui-workflow-templates":
+            raise importlib.metadata.PackageNotFoundError(name)
+        raise AssertionError(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", fake_version)
+    with TestClient(create_app(make_engine(tmp_path), owns_engine=True)) as client:
+        system = client.get("/api/system_stats").json()["system"]
+    keys = list(system)
+    at = keys.index("comfyui_version")
+    assert keys[at + 1:at + 4] == ["required_frontend_version", "installed_templates_version",
+                                   "required_templates_version"]
+    assert system["required_frontend_version"] == "1.27.10" and system["required_templates_version"] == "0.1.95"
+    assert system["installed_templates_version"] is None
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: "0.1.95")
+    assert frontend.frontend_versions()["installed_templates_version"] == "0.1.95"
