@@ -30,8 +30,11 @@ def is_loopback(host: str | None) -> bool:
 
 
 def _split(netloc: str) -> tuple[str | None, int | None]:
-    """(hostname, port) of a `host[:port]`; a malformed port counts as none."""
-    parts = urlsplit("//" + netloc)
+    """(hostname, port) of a `host[:port]`; a malformed port counts as none, a malformed host (`[`) as no host."""
+    try:
+        parts = urlsplit("//" + netloc)
+    except ValueError:
+        return None, None
     try:
         port = parts.port
     except ValueError:
@@ -40,11 +43,15 @@ def _split(netloc: str) -> tuple[str | None, int | None]:
 
 
 def origin_mismatch(host_header: str, origin_header: str) -> bool:
-    """True when `Host` is loopback and `Origin` names another host (or port, when both name one)."""
+    """True when `Host` is loopback and `Origin` names another host (or port, when both name one). An Origin
+    that is not even a URL (`http://[`, which no browser sends) counts as another host: refused, not a 500."""
     host_name, host_port = _split(host_header.lower())
     if not is_loopback(host_name):
         return False
-    origin_netloc = urlsplit(origin_header.lower()).netloc
+    try:
+        origin_netloc = urlsplit(origin_header.lower()).netloc
+    except ValueError:
+        return True
     origin_name, origin_port = _split(origin_netloc)
     if not host_name or not origin_name:
         return False
