@@ -88,7 +88,7 @@ def _cover_images(path: Path) -> list[bytes]:
             header = msgspec.json.decode(f.read(length))
         covers = header.get("__metadata__", {}).get("ssmd_cover_images")
         return [base64.b64decode(c) for c in msgspec.json.decode(covers)] if covers else []
-    except (OSError, struct.error, msgspec.DecodeError, AttributeError, TypeError, ValueError):
+    except (OSError, struct.error, msgspec.DecodeError, RecursionError, AttributeError, TypeError, ValueError):
         return []
 
 

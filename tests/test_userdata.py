@@ -389,3 +389,28 @@ def test_writing_or_moving_through_a_file_is_409(store):
     assert status_of(store.write, "default", "f.json/x.json", b"1") == 409
     assert status_of(store.move, "default", "f.json", "f.json/y.json") == 409
     assert store.file_path("default", "f.json").read_bytes() == b"{}"
+
+
+def test_settings_file_nested_too_deeply_reads_as_empty(store):
+    # a client can write any bytes to its settings file through /userdata; msgspec raises RecursionError here
+    root = store.user_root("default")
+    root.mkdir(parents=True)
+    (root / "comfy.settings.json").write_text("[" * 5000 + "]" * 5000)
+    assert store.settings("default") == {}
+    store.set_setting("default", "a", 1)
+    assert store.settings("default") == {"a": 1}
+
+
+@pytest.mark.parametrize("metadata", [
+    "[" * 5000 + "]" * 5000,  # the header itself nested too deeply for msgspec (RecursionError)
+    {"ssmd_cover_images": "[" * 5000 + "]" * 5000},  # the covers' JSON nested too deeply
+])
+def test_model_preview_of_a_hostile_header_is_a_404(tmp_path, metadata):
+    folders = ModelFolders(tmp_path / "models")
+    loras = tmp_path / "models" / "loras"
+    loras.mkdir(parents=True)
+    header = ('{"__metadata__": ' + (metadata if isinstance(metadata, str) else json.dumps(metadata)) + "}").encode()
+    (loras / "h.safetensors").write_bytes(len(header).to_bytes(8, "little") + header)
+    with pytest.raises(InputFileError) as err:
+        model_browser.preview(folders, "loras", 0, "h.safetensors")
+    assert err.value.status == 404
