@@ -19,11 +19,11 @@ import pytest
 pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
 playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
-from fixtures_asgi import make_engine, running_server  # noqa: E402
+from comfy_core.asgi import create_app
+from comfy_core.asgi.frontend import installed_frontend, installed_templates
+from fixtures_asgi import Gate, make_engine, running_server
 
-from comfy_core.asgi import create_app  # noqa: E402
-from comfy_core.asgi.frontend import installed_frontend, installed_templates  # noqa: E402
-from comfy_core.demo import ensure_demo_checkpoint  # noqa: E402
+from comfy_core.demo import ensure_demo_checkpoint
 
 CHROMIUM = Path("/usr/bin/chromium")
 pytestmark = [
@@ -111,11 +111,13 @@ def served(tmp_path_factory):
     root = tmp_path_factory.mktemp("frontend")
     engine = make_engine(root, user_dir=str(root / "user"))
     ckpt = ensure_demo_checkpoint(engine.folders)
+    gate = Gate()
+    engine.register_nodes({"AsgiGate": gate.node_class})
     engine.start()
     app = create_app(engine, frontend_dir=installed_frontend())
     try:
         with running_server(app) as url:
-            yield {"engine": engine, "url": url, "ckpt": ckpt.name, "root": root}
+            yield {"engine": engine, "url": url, "ckpt": ckpt.name, "root": root, "gate": gate}
     finally:
         engine.close()
 
@@ -126,6 +128,11 @@ def browser(served):
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
         yield browser
         browser.close()
+
+
+def returning_user(served: dict[str, Any]) -> None:
+    """What the frontend stores on a first visit (see the first test): later visits open the default workflow."""
+    served["engine"].userdata.update_settings("default", {"Comfy.TutorialCompleted": True})
 
 
 def open_ui(browser: Any, url: str) -> tuple[Any, Any, PageLog]:
@@ -176,8 +183,7 @@ SET_UP_DEFAULT_GRAPH = """(ckpt) => {
 
 
 def test_default_workflow_runs_from_the_run_button(served, browser):
-    # A returning user (the settings the first test stored): the UI opens on the default workflow.
-    assert served["engine"].userdata.settings("default").get("Comfy.TutorialCompleted") is True
+    returning_user(served)
     context, page, log = open_ui(browser, served["url"])
     try:
         wait_until(page, lambda: page.evaluate("() => window.app.graph._nodes.length") == 7, what="the default graph")
@@ -209,6 +215,47 @@ def test_default_workflow_runs_from_the_run_button(served, browser):
         assert history[prompt_id]["status"]["status_str"] == "success"
         saved = served["root"] / "output" / image["filename"]
         assert saved.is_file() and saved.read_bytes()[:4] == b"\x89PNG"
+        assert log.unexpected() == []
+    finally:
+        context.close()
+
+
+GATE_GRAPH = """async () => {
+    window.app.graph.clear();
+    const node = window.LiteGraph.createNode('AsgiGate');
+    window.app.graph.add(node);
+    await window.app.queuePrompt(0, 2);
+    return String(node.id);
+}"""
+
+
+def test_queue_sidebar_shows_running_and_pending_and_interrupt_button_stops_the_run(served, browser):
+    gate = served["gate"]
+    returning_user(served)
+    context, page, log = open_ui(browser, served["url"])
+    try:
+        wait_until(page, lambda: page.evaluate("() => window.app.graph._nodes.length") == 7, what="the default graph")
+        done_before = len(served["engine"].history())
+        page.locator(".queue-tab-button").click()
+        wait_until(page, lambda: page.locator(".task-item").count() == done_before, what="the finished tasks")
+        node_id = page.evaluate(GATE_GRAPH)  # two prompts of one blocking node: one runs, one waits
+        wait_until(page, gate.entered.is_set, what="the first prompt to start")
+        ids = [m["data"]["prompt_id"] for m in log.ws_in if m["type"] == "execution_start"]
+        wait_until(page, lambda: page.locator(".task-item").count() == done_before + 2, what="running + pending")
+
+        page.locator(".execution-actions button").first.click()  # the UI's interrupt button
+        wait_until(page, lambda: "execution_interrupted" in log.ws_types(), what="execution_interrupted")
+        interrupted = next(m["data"] for m in log.ws_in if m["type"] == "execution_interrupted")
+        assert interrupted["prompt_id"] == ids[0] and interrupted["node_id"] == node_id
+        gate.release()  # the pending prompt now runs to the end
+        wait_until(page, lambda: "execution_success" in log.ws_types(), what="the second prompt's success")
+        second = next(m["data"]["prompt_id"] for m in log.ws_in if m["type"] == "execution_success")
+        history = served["engine"].history()
+        assert len(history) == done_before + 2 and second != ids[0]
+        assert history[ids[0]]["status"]["status_str"] == "error"
+        assert history[second]["status"]["status_str"] == "success"
+        wait_until(page, lambda: page.locator(".task-item").count() == done_before + 2, what="both in history")
+        assert ("POST", "/api/interrupt", 200) in log.responses
         assert log.unexpected() == []
     finally:
         context.close()
