@@ -23,7 +23,7 @@ from starlette.routing import BaseRoute, Route, WebSocketRoute
 
 from . import routes_files, routes_info, routes_internal, routes_queue, routes_user
 from .errors import EXCEPTION_HANDLERS
-from .frontend import frontend_routes, frontend_versions, installed_templates
+from .frontend import frontend_routes, frontend_versions, installed_docs, installed_templates
 from .security import OriginGuard
 from .ws import WebSocketHub, websocket_endpoint
 
@@ -94,7 +94,7 @@ def create_app(
 
     routes = _routes(max_body_bytes, max_upload_bytes)
     if frontend_dir is not None:
-        routes += frontend_routes(frontend_dir, installed_templates())
+        routes += frontend_routes(frontend_dir, installed_templates(), installed_docs())
     app = Starlette(
         routes=routes,
         middleware=_middleware(cors_origins),

@@ -18,6 +18,7 @@ from starlette.staticfiles import StaticFiles
 
 FRONTEND_PACKAGE = "comfyui_frontend_package"
 TEMPLATES_PACKAGE = "comfyui_workflow_templates"  # the template gallery the frontend reads from /templates
+DOCS_PACKAGE = "comfyui_embedded_docs"  # core node help pages the frontend reads from /docs/<node>/<locale>.md
 # What ComfyUI 0.3.64's requirements.txt pins; its /system_stats reports them so the UI can warn about an old build.
 REQUIRED_FRONTEND_VERSION = "1.27.10"
 REQUIRED_TEMPLATES_VERSION = "0.1.95"
@@ -41,6 +42,11 @@ def installed_frontend() -> Path | None:
 def installed_templates() -> Path | None:
     """The templates folder of the installed `comfyui-workflow-templates`, if any."""
     return _package_folder(TEMPLATES_PACKAGE, "templates")
+
+
+def installed_docs() -> Path | None:
+    """The docs folder of the installed `comfyui-embedded-docs`, if any."""
+    return _package_folder(DOCS_PACKAGE, "docs")
 
 
 def _distribution_version(name: str) -> str | None:
@@ -67,9 +73,10 @@ class _FrontendFiles(StaticFiles):
         return response
 
 
-def frontend_routes(web_root: str | Path, templates_dir: str | Path | None = None) -> list[BaseRoute]:
-    """`/` → index.html and the build's other files (plus `/templates/*` from `templates_dir`), for appending
-    after the API routes."""
+def frontend_routes(web_root: str | Path, templates_dir: str | Path | None = None,
+                    docs_dir: str | Path | None = None) -> list[BaseRoute]:
+    """`/` → index.html and the build's other files (plus `/templates/*` from `templates_dir` and `/docs/*` from
+    `docs_dir`), for appending after the API routes."""
     root = Path(web_root)
     index = root / "index.html"
     if not index.is_file():
@@ -81,4 +88,6 @@ def frontend_routes(web_root: str | Path, templates_dir: str | Path | None = Non
     routes: list[BaseRoute] = [Route("/", get_index, methods=["GET"])]
     if templates_dir is not None:
         routes.append(Mount("/templates", app=StaticFiles(directory=templates_dir)))
+    if docs_dir is not None:
+        routes.append(Mount("/docs", app=StaticFiles(directory=docs_dir)))
     return routes + [Mount("/", app=_FrontendFiles(directory=root))]

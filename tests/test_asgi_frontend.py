@@ -112,3 +112,17 @@ def test_system_stats_reports_the_frontend_versions_after_comfyui_version(tmp_pa
     assert system["installed_templates_version"] is None
     monkeypatch.setattr(importlib.metadata, "version", lambda name: "0.1.95")
     assert frontend.frontend_versions()["installed_templates_version"] == "0.1.95"
+
+
+def test_core_node_docs_folder_is_served_under_docs(tmp_path, build):
+    """ComfyUI serves comfyui-embedded-docs at /docs; the node help panel reads /docs/<node>/<locale>.md."""
+    docs = tmp_path / "docs"
+    (docs / "KSampler").mkdir(parents=True)
+    (docs / "KSampler" / "en.md").write_text("# KSampler help")
+    from starlette.applications import Starlette
+
+    with TestClient(Starlette(routes=frontend_routes(build, None, docs))) as client:
+        assert client.get("/docs/KSampler/en.md").text == "# KSampler help"
+        assert client.get("/docs/KSampler/fr.md").status_code == 404
+        assert client.get("/docs/..%2Fsecret.txt").status_code == 404
+        assert client.get("/templates/index.json").status_code == 404  # no templates folder given
