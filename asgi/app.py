@@ -23,7 +23,12 @@ from starlette.routing import BaseRoute, Route, WebSocketRoute
 
 from . import routes_files, routes_info, routes_internal, routes_queue, routes_user
 from .errors import EXCEPTION_HANDLERS
-from .frontend import frontend_routes, frontend_versions, installed_docs, installed_templates
+from .frontend import (
+    frontend_routes,
+    frontend_versions,
+    installed_docs,
+    installed_templates,
+)
 from .security import OriginGuard
 from .ws import WebSocketHub, websocket_endpoint
 
