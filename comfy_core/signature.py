@@ -22,6 +22,7 @@ from .nodes.registry import NodeRegistry
 log = logging.getLogger(__name__)
 
 ALWAYS_RERUN = "nan"  # IS_CHANGED raised or returned NaN: never equal to anything, so the node always runs
+CYCLE = "cycle"  # stands for the signature of a node a link leads back to
 
 
 def _encode(value: Any) -> bytes:
@@ -81,7 +82,8 @@ def compute_signatures(prompt: Mapping[str, Any], node_ids: list[str], registry:
             parts.append(node_id)
         for name in sorted(node["inputs"]):
             value = node["inputs"][name]
-            parts.append([name, ["LINK", signatures[str(value[0])], value[1]] if is_link(value) else value])
+            link = ["LINK", signatures.get(str(value[0]), CYCLE), value[1]] if is_link(value) else None
+            parts.append([name, link or value])
         digest = hashlib.blake2b(_encode(parts), digest_size=16).hexdigest()
         if changed == ALWAYS_RERUN:
             digest += ":" + uuid.uuid4().hex  # unique per evaluation: never matches a cached entry
@@ -89,29 +91,28 @@ def compute_signatures(prompt: Mapping[str, Any], node_ids: list[str], registry:
 
     def visit(root: str) -> None:
         """Sign `root` after its upstream, depth first on an explicit stack (a 5000-node chain is deeper than
-        Python's recursion limit)."""
+        Python's recursion limit). A link back to a node still being signed (a cycle, e.g. through an input the
+        class does not declare, which validation skips) is signed as CYCLE: the executor reports the cycle."""
         stack, expanded = [root], set()
         while stack:
             node_id = stack[-1]
             if node_id in signatures:
                 stack.pop()
                 continue
-            waiting = [str(v[0]) for v in prompt[node_id]["inputs"].values()
-                       if is_link(v) and str(v[0]) not in signatures]
+            waiting = [str(v[0]) for v in prompt[node_id]["inputs"].values()  # KeyError: a link to a missing node
+                       if is_link(v) and str(v[0]) not in signatures and str(v[0]) not in expanded]
             if waiting and node_id not in expanded:
-                if any(w in expanded for w in waiting):  # an unvalidated prompt may hold a cycle
-                    raise ValueError(f"dependency cycle through node {node_id}")
                 expanded.add(node_id)
                 stack += waiting
                 continue
-            signatures[node_id] = sign(node_id)  # KeyError here: a link to a missing node
+            signatures[node_id] = sign(node_id)
             expanded.discard(node_id)
             stack.pop()
 
     for node_id in node_ids:
         try:
             visit(node_id)
-        except (KeyError, IndexError, TypeError, ValueError):
+        except (KeyError, IndexError, TypeError):
             if not skip_broken:
                 raise
     return {k: v for k, v in signatures.items() if known is None or k not in known}

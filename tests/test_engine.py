@@ -330,3 +330,15 @@ def test_5000_node_chain_runs(engine):
     assert result.outputs["out"]["text"] == ["0"]
     again = engine.run({**prompt, "0": {"class_type": "Number", "inputs": {"value": 7}}}, timeout=60)
     assert again.outputs["out"]["text"] == ["7"]  # the new head changed every signature down the chain
+
+
+@pytest.mark.parametrize("back_to", ["1", "3"])
+def test_cycle_through_an_undeclared_input_is_an_execution_error(engine, back_to):
+    # validation skips inputs a class does not declare, but the executor follows their links (as ComfyUI's does):
+    # signing such a loop used to crash the executor (RecursionError, then KeyError)
+    prompt = chain(1)
+    prompt["1"]["inputs"]["junk"] = [back_to, 0]
+    with pytest.raises(NodeExecutionError) as exc:
+        engine.run(prompt, timeout=10)
+    assert exc.value.details["exception_type"] == "graph.DependencyCycleError"
+    assert engine.run(chain(2), timeout=10).outputs["9"]["text"] == ["13"]
