@@ -19,6 +19,9 @@ class EngineConfig(msgspec.Struct, kw_only=True):
     user_dir: str = "user"  # per-user workflows and settings (ComfyUI's user/ folder)
     multi_user: bool = False  # users picked by the Comfy-User header; otherwise everyone is "default"
     custom_nodes_dirs: list[str] = []
+    # while loading custom nodes, provide ComfyUI's modules (folder_paths, comfy.*, nodes, server, comfy_execution)
+    # under their top-level names when nothing else provides them (see comfy_core.compat)
+    comfy_compat: bool = True
     # extra search folders per model kind, e.g. {"checkpoints": ["/data/sd"]} (like extra_model_paths.yaml)
     extra_model_paths: dict[str, list[str]] = {}
     annotators_dir: str | None = None  # HED and other preprocessor weights; default <models_dir>/annotators

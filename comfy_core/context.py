@@ -21,8 +21,10 @@ if TYPE_CHECKING:  # pragma: no cover
     import torch
 
     from .config import EngineConfig
+    from .events import EventBus
     from .folders import ModelFolders
     from .models.cache import ModelCache
+    from .nodes.registry import NodeRegistry
     from .storage import Storage
 
 
@@ -66,6 +68,9 @@ class NodeContext:
     wants_previews: bool = False
     call_index: int = 0  # which mapped call of the node is running (list inputs call a node several times)
     graph_index: int = 0  # sub-graphs allocated by that call so far (GraphBuilder id prefixes)
+    events: "EventBus | None" = None  # the engine's bus (custom websocket events of ComfyUI-compat nodes)
+    registry: "NodeRegistry | None" = None  # the engine's node classes (ComfyUI's `nodes.NODE_CLASS_MAPPINGS`)
+    client_id: str | None = None  # the running prompt's websocket client, if any
 
     def check_interrupted(self) -> None:
         """Raise `Interrupted` if the engine was asked to stop the running prompt."""

@@ -76,7 +76,6 @@ class Engine:
         self.config = (config or EngineConfig()).resolved()
         self.registry = NodeRegistry()
         register_builtin_nodes(self.registry)
-        self.registry.load_custom_nodes(self.config.custom_nodes_dirs)
         self.storage = Storage(self.config.input_dir, self.config.output_dir, self.config.temp_dir)
         self.folders = ModelFolders(self.config.models_dir, self.config.extra_model_paths,
                                     output_dir=self.config.output_dir,
@@ -100,6 +99,8 @@ class Engine:
         self._running: tuple[str, str | None] | None = None  # (prompt_id, client_id)
         self._current_node: str | None = None
         self._pending_free = {"unload_models": False, "free_memory": False}
+        with node_context.use(self.context()):  # packs may call folder_paths & co. while they are imported
+            self.registry.load_custom_nodes(self.config.custom_nodes_dirs, comfy_compat=self.config.comfy_compat)
 
     def _restore_queue(self, state: StateFile) -> None:
         """Queue again what an earlier engine had queued (or was running) when it stopped; prompts that no longer
@@ -156,7 +157,8 @@ class Engine:
         return node_context.NodeContext(
             config=self.config, storage=self.storage, folders=self.folders, models=self.models,
             device=self.device, dtype=self.dtype, cancel=self._cancel,
-            wants_previews=self.config.preview_method != "none", **overrides)
+            wants_previews=self.config.preview_method != "none", events=self.events, registry=self.registry,
+            **overrides)
 
     # -- nodes -----------------------------------------------------------------------------------------------------
     def register_nodes(self, class_mappings: dict[str, type], display_names: dict[str, str] | None = None) -> None:
@@ -342,8 +344,8 @@ class Engine:
             self._emit(event, client_id=client_id)
 
         try:
-            record = self.executor.execute(prompt, outputs, prompt_id, extra_data, self.context(prompt_id=prompt_id),
-                                           emit)
+            ctx = self.context(prompt_id=prompt_id, client_id=client_id)
+            record = self.executor.execute(prompt, outputs, prompt_id, extra_data, ctx, emit)
         finally:
             self._running, self._current_node = None, None
         self.history_store.add(prompt_id, self._history_entry(item, record))

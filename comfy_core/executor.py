@@ -88,8 +88,9 @@ class Executor:
         run.results.update(cached)
         run.ui_outputs.update({n: r.ui for n, r in cached.items() if r.ui is not None})
         order = self._execution_list(run)
-        for output in outputs:
-            order.add_node(output)
+        with node_context.use(ctx):  # INPUT_TYPES (read for lazy flags) may list the engine's files
+            for output in outputs:
+                order.add_node(output)
         try:
             while not order.is_empty():
                 node_id = self._next_node(order)

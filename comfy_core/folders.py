@@ -134,6 +134,12 @@ class ModelFolders:
             dirs.append(path)
         self._cache.pop(kind, None)
 
+    def set_extensions(self, kind: str, extensions: Iterable[str]) -> None:
+        """Which extensions a kind lists (lower-case, with the dot); empty accepts every file."""
+        key = self._key(kind)
+        self._extensions[key] = frozenset(e.lower() for e in extensions)
+        self._cache.pop(key, None)
+
     def kinds(self) -> list[str]:
         """The folder keys, in ComfyUI's /models order (then extra kinds in the order they were added)."""
         return list(self._dirs)

@@ -80,6 +80,7 @@ class NodeRegistry:
         self.display_names: dict[str, str] = {}
         self.builtin: set[str] = set()
         self.web_dirs: dict[str, Path] = {}
+        self.custom_routes: list[Any] = []  # aiohttp-style routes custom nodes declared (compat.server.RouteDef)
 
     def register(
         self,
@@ -122,37 +123,37 @@ class NodeRegistry:
                 log.exception("object_info failed for node %r", name)
         return result
 
-    def load_custom_nodes(self, folders: Iterable[str | Path]) -> list[str]:
-        """Import every custom node module/package in `folders`; a failing one is logged and skipped."""
-        loaded = []
-        for folder in folders:
-            folder = Path(folder)
-            if not folder.is_dir():
-                continue
-            for entry in sorted(folder.iterdir()):
-                if self._load_one(entry):
-                    loaded.append(entry.name)
-        return loaded
+    def load_custom_nodes(self, folders: Iterable[str | Path], *, comfy_compat: bool = True) -> list[str]:
+        """Import every custom node module/package in `folders`; a failing one is logged and skipped.
 
-    def _load_one(self, entry: Path) -> bool:
-        if entry.name.endswith(".disabled") or entry.name == "__pycache__" or entry.name.startswith("."):
-            return False
-        if entry.is_dir():
-            init = entry / "__init__.py"
-            if not init.is_file():
-                return False
-            module_name, location, search = entry.name, init, [str(entry)]
-        elif entry.suffix == ".py":
-            module_name, location, search = entry.stem, entry, None
-        else:
-            return False
+        With `comfy_compat`, ComfyUI's modules (`folder_paths`, `comfy.*`, `nodes`, `server`, `comfy_execution`)
+        are made importable first, where nothing else provides them (see `comfy_core.compat`). Packs that use them
+        at import time need the engine's `NodeContext` installed around this call (`Engine.__init__` does that).
+        """
+        entries = [entry for folder in map(Path, folders) if folder.is_dir()
+                   for entry in sorted(folder.iterdir()) if _module_location(entry) is not None]
+        if entries and comfy_compat:
+            from ..compat import install
+
+            install()
+        elif entries:
+            log.info("ComfyUI compatibility modules are off (EngineConfig.comfy_compat=False): custom node packs "
+                     "that import folder_paths, comfy, nodes, server or comfy_execution will be skipped")
+        return [entry.name for entry in entries if self._load_one(entry, comfy_compat)]
+
+    def _load_one(self, entry: Path, comfy_compat: bool) -> bool:
+        module_name, location, search = _module_location(entry)
         unique = f"comfy_core_custom_nodes.{id(self):x}.{module_name}"
         try:
             spec = importlib.util.spec_from_file_location(unique, location, submodule_search_locations=search)
             module = importlib.util.module_from_spec(spec)
             sys.modules[unique] = module
             spec.loader.exec_module(module)
-            mappings = getattr(module, "NODE_CLASS_MAPPINGS")
+            mappings = module.NODE_CLASS_MAPPINGS
+        except ModuleNotFoundError as exc:
+            sys.modules.pop(unique, None)
+            _log_missing_module(entry, exc, comfy_compat)
+            return False
         except Exception:
             sys.modules.pop(unique, None)
             log.exception("custom node package %s failed to load; skipped", entry)
@@ -164,3 +165,31 @@ class NodeRegistry:
         if web:
             self.web_dirs[module_name] = (entry if entry.is_dir() else entry.parent) / web
         return True
+
+
+def _module_location(entry: Path) -> tuple[str, Path, list[str] | None] | None:
+    """(module name, file to execute, package search path) of a custom node entry; None if it is not one."""
+    if entry.name.endswith(".disabled") or entry.name == "__pycache__" or entry.name.startswith("."):
+        return None
+    if entry.is_dir():
+        init = entry / "__init__.py"
+        return (entry.name, init, [str(entry)]) if init.is_file() else None
+    if entry.suffix == ".py":
+        return entry.stem, entry, None
+    return None
+
+
+def _log_missing_module(entry: Path, exc: ModuleNotFoundError, comfy_compat: bool) -> None:
+    """One clear line when a pack needs a ComfyUI module; the traceback otherwise."""
+    from ..compat import TOP_LEVEL_NAMES
+
+    missing = exc.name or ""
+    if missing.partition(".")[0] not in TOP_LEVEL_NAMES:
+        log.error("custom node package %s failed to load (missing module %r); skipped", entry, missing,
+                  exc_info=exc)
+    elif comfy_compat:
+        log.warning("custom node package %s skipped: it imports ComfyUI's %r, which comfy-core does not provide",
+                    entry, missing)
+    else:
+        log.warning("custom node package %s skipped: it imports ComfyUI's %r and EngineConfig.comfy_compat is "
+                    "off", entry, missing)
