@@ -161,7 +161,8 @@ class PackCommonSampler:
         return nodes.common_ksampler(model, seed, 2, 7.0, sampler_name, "normal", positive, negative, latent)
 
 
-NODE_CLASS_MAPPINGS = {"PackKSampler": PackKSampler, "PackCommonSampler": PackCommonSampler}
+NODE_CLASS_MAPPINGS = {"PackKSampler": PackKSampler, "PackCommonSampler": PackCommonSampler,
+                       "PackSameKSampler": nodes.KSampler}
 '''
 
 GRAPH_PACK = '''
@@ -443,6 +444,10 @@ def test_ksampler_subclass_and_common_ksampler_match_builtin(tmp_path, ckpt_mode
         assert pack["sampler_name"] == [builtin["sampler_name"][0]]
         assert pack["scheduler"] == [builtin["scheduler"][0]]
         assert pack["size_hint"] == ["INT", {"default": 512, "max": 16384}]
+        modules = {n: engine.object_info(n)[n]["python_module"] for n in ("KSampler", "PackKSampler",
+                                                                           "PackSameKSampler")}
+        assert modules == {"KSampler": "nodes", "PackKSampler": "custom_nodes.sampler_pack",
+                           "PackSameKSampler": "nodes"}  # the built-in class itself is left untouched
         sampler = {"seed": 7, "steps": 2, "cfg": 7.0, "sampler_name": "euler", "scheduler": "normal",
                    "denoise": 1.0, "model": ["4", 0], "positive": ["6", 0], "negative": ["7", 0],
                    "latent_image": ["5", 0]}
@@ -558,4 +563,37 @@ def test_unknown_folder_is_a_key_error(tmp_path):
         assert compat.folder_paths.get_folder_paths("clip") == [  # legacy name; ComfyUI's output/clip search dir
             str(tmp_path / "models" / "text_encoders"), str(tmp_path / "models" / "clip"),
             str(tmp_path / "output" / "clip")]
+    engine.close()
+
+
+def test_utils_and_model_management_use_the_engine(tmp_path):
+    import safetensors.torch
+
+    engine = make_engine(tmp_path, {})
+    weights = tmp_path / "w.safetensors"
+    tensors = {"a": torch.arange(6.0).reshape(2, 3), "b": torch.ones(2, dtype=torch.float16)}
+    safetensors.torch.save_file(tensors, str(weights), metadata={"format": "pt", "note": "x"})
+    torch.save({"state_dict": {"c": torch.full((2,), 3.0)}}, tmp_path / "w.ckpt")
+    from comfy_core import context
+    from comfy_core.upscale import common_upscale
+
+    utils, mm = compat.comfy.utils, compat.comfy.model_management
+    with context.use(engine.context()):
+        sd, metadata = utils.load_torch_file(str(weights), return_metadata=True)
+        assert metadata == {"format": "pt", "note": "x"}
+        assert torch.equal(sd["a"], tensors["a"]) and sd["b"].dtype == torch.float16
+        assert torch.equal(utils.load_torch_file(str(tmp_path / "w.ckpt"))["c"], torch.full((2,), 3.0))
+        image = torch.rand(1, 3, 6, 8)
+        assert torch.equal(utils.common_upscale(image, 4, 4, "bilinear", "center"),
+                           common_upscale(image, 4, 4, "bilinear", "center"))
+        assert utils.common_upscale(image, 4, 4, "nearest-exact", "center").shape == (1, 3, 4, 4)
+        assert mm.get_torch_device() == engine.device and mm.intermediate_device() == torch.device("cpu")
+        assert mm.vae_dtype() == engine.dtype
+        assert not mm.processing_interrupted()
+        mm.interrupt_current_processing()
+        assert mm.processing_interrupted()
+        with pytest.raises(Interrupted):
+            mm.throw_exception_if_processing_interrupted()
+        mm.interrupt_current_processing(False)
+        mm.throw_exception_if_processing_interrupted()
     engine.close()

@@ -158,8 +158,10 @@ class NodeRegistry:
             sys.modules.pop(unique, None)
             log.exception("custom node package %s failed to load; skipped", entry)
             return False
+        builtin_classes = {self.classes[name] for name in self.builtin}
         for cls in mappings.values():
-            cls.RELATIVE_PYTHON_MODULE = f"custom_nodes.{module_name}"
+            if cls not in builtin_classes:  # a pack may list `nodes.KSampler` itself: keep the built-in's module
+                cls.RELATIVE_PYTHON_MODULE = f"custom_nodes.{module_name}"
         self.register(mappings, getattr(module, "NODE_DISPLAY_NAME_MAPPINGS", None))
         web = getattr(module, "WEB_DIRECTORY", None)
         if web:
