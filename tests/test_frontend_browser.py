@@ -1,10 +1,11 @@
 """ComfyUI's real web frontend (the installed `comfyui-frontend-package`) against a real comfy-core server, driven in
 headless Chromium with Playwright: the first load of a new user, then the default workflow queued with the Run button
-on the tiny demo checkpoint, its websocket progress, the image fetched from /view and the run in the queue sidebar.
+on the tiny demo checkpoint, its websocket progress, the image fetched from /view and the run in the queue sidebar;
+then running and pending prompts in that sidebar and the UI's interrupt button.
 
 Optional: skipped unless playwright, Debian's /usr/bin/chromium and the frontend package are all installed (CI has
 none of them). Every same-origin answer of 400 or more must be one ComfyUI itself gives in the same situation
-(`EXPECTED_MISSES`); page errors must be the frontend's own known one.
+(`EXPECTED_MISSES`); page and console errors must be the frontend's own known ones.
 """
 from __future__ import annotations
 
@@ -40,8 +41,11 @@ EXPECTED_MISSES = {
     ("GET", "/api/userdata/comfy.templates.json"): 404,  # no saved node templates
     ("GET", "/api/userdata/workflows%2F.index.json"): 404,  # workflow sidebar index, absent until written
 }
+# Console errors the frontend logs for those answers (and for api.comfy.org, unreachable offline).
+KNOWN_CONSOLE_ERRORS = ["Failed to load resource"]
 if installed_templates() is None:  # ComfyUI serves /templates from comfyui-workflow-templates when installed
     EXPECTED_MISSES[("GET", "/templates/index.json")] = 404
+    KNOWN_CONSOLE_ERRORS.append("Error loading core workflow templates")
 # The frontend's own bug (Comfy-Org/ComfyUI_frontend#6747, also on real ComfyUI): registering the canvas navigation
 # setting sets another setting that is not registered yet.
 KNOWN_PAGE_ERROR = "reading 'id'"
@@ -86,11 +90,12 @@ class PageLog:
             into.append(json.loads(payload))
 
     def unexpected(self) -> list[str]:
-        """Same-origin answers >= 400 that ComfyUI would not give, failed requests and unknown page errors."""
+        """Same-origin answers >= 400 that ComfyUI would not give, failed requests, unknown page/console errors."""
         bad = [f"{m} {p} -> {s}" for m, p, s in self.responses
                if s >= 400 and EXPECTED_MISSES.get((m, p.split("?")[0])) != s]
         bad += self.failures
         bad += [e for e in self.page_errors if KNOWN_PAGE_ERROR not in e]
+        bad += [e for e in self.console_errors if not e.startswith(tuple(KNOWN_CONSOLE_ERRORS))]
         return bad
 
     def ws_types(self) -> list[str]:
