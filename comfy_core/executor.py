@@ -214,9 +214,9 @@ class Executor:
             cls = self._class(node_id, node)
             inputs, missing = self._gather_inputs(run, node_id, node, cls, extra_data)
             run.emit(Executing(node=node_id, display_node=run.display(node_id), prompt_id=run.prompt_id))
-            obj = self._instance(node_id, node["class_type"])
             node_ctx = ctx.for_node(node_id, run.progress_hook(node_id, ctx.wants_previews))
             with node_context.use(node_ctx):
+                obj = self._instance(node_id, node["class_type"])  # __init__ may use engine services too
                 if self._requests_lazy_inputs(order, node_id, obj, cls, inputs, missing, node_ctx):
                     return None
                 results = self._report_blocks(run, node_id, self._call(obj, cls, inputs, node_ctx))

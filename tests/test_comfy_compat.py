@@ -239,6 +239,17 @@ import os
 import numpy as np
 from PIL import Image
 import folder_paths
+import nodes
+
+
+class PackTempPreview(nodes.SaveImage):
+    """The usual preview node of packs: ComfyUI's PreviewImage pattern on SaveImage."""
+
+    def __init__(self):
+        self.output_dir = folder_paths.get_temp_directory()
+        self.type = "temp"
+        self.prefix_append = "_temp_pack"
+        self.compress_level = 1
 
 
 class PackSaveImage:
@@ -268,7 +279,7 @@ class PackSaveImage:
         return {"ui": {"images": results}}
 
 
-NODE_CLASS_MAPPINGS = {"PackSaveImage": PackSaveImage}
+NODE_CLASS_MAPPINGS = {"PackSaveImage": PackSaveImage, "PackTempPreview": PackTempPreview}
 '''
 
 SHADOW_PACK = '''
@@ -505,6 +516,12 @@ def test_get_save_image_path_counters_and_refusal(tmp_path):
         prompt["2"]["inputs"]["elsewhere"] = True
         with pytest.raises(NodeExecutionError, match="output, temp or input folder"):
             engine.run(prompt, timeout=30)
+        preview = engine.run({"1": _solid_image(), "3": {"class_type": "PackTempPreview", "inputs": {
+            "images": ["1", 0], "filename_prefix": "pv"}}}, timeout=30)
+        assert preview.outputs["3"]["images"][0] == {"filename": "pv_temp_pack_00001_.png", "subfolder": "",
+                                                     "type": "temp"}
+        assert preview.images["3"][0] == (tmp_path / "temp" / "pv_temp_pack_00001_.png").resolve()
+        assert preview.images["3"][0].is_file()
 
 
 def test_existing_nodes_module_is_not_shadowed(tmp_path, compat_removed, caplog):

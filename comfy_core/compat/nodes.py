@@ -1,6 +1,8 @@
 """ComfyUI's `nodes` module: `MAX_RESOLUTION`, the node class mappings of the engine running the current node, the
 built-in node classes (to subclass: `class MySampler(nodes.KSampler)`), and `common_ksampler`.
 
+`SaveImage` / `PreviewImage` are the built-ins plus ComfyUI's instance attributes (`type`, `output_dir`), which
+their subclasses in packs set in `__init__` to pick the folder.
 `NODE_CLASS_MAPPINGS` / `NODE_DISPLAY_NAME_MAPPINGS` are copies of the engine's registry taken at each access: a pack
 reads the nodes registered so far (built-ins, then packs loaded before it); writing into the copy registers nothing.
 """
@@ -9,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..context import current
+from ..nodes import image as _image
 from ..nodes.inputs import MAX_RESOLUTION  # noqa: F401 - re-exported API
 from ..nodes.sampling import _attention_backend, _step_reporter
 from ..sampling.ksampler import sample_latent
@@ -29,6 +32,30 @@ def __getattr__(name: str) -> Any:
     if name in registry.builtin:
         return registry.classes[name]
     raise AttributeError(f"module 'nodes' has no attribute {name!r} in comfy-core")
+
+
+class _FolderAttributes:
+    """ComfyUI's `self.type` ("output" | "temp") and `self.output_dir`, mapped onto the built-ins' `kind`."""
+
+    @property
+    def kind(self) -> str:
+        return self.__dict__.get("type") or type(self).default_kind
+
+    @property
+    def output_dir(self) -> str:
+        return self.__dict__.get("_output_dir") or str(current().storage.root(self.kind))
+
+    @output_dir.setter
+    def output_dir(self, value: str) -> None:
+        self.__dict__["_output_dir"] = value
+
+
+class SaveImage(_FolderAttributes, _image.SaveImage):
+    default_kind = "output"
+
+
+class PreviewImage(_FolderAttributes, _image.PreviewImage):
+    default_kind = "temp"
 
 
 def common_ksampler(model: Any, seed: int, steps: int, cfg: float, sampler_name: str, scheduler: str, positive: list,
