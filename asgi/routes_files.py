@@ -57,6 +57,8 @@ async def _upload_fields(request: Request) -> tuple[bytes, str, str, str, bool, 
     try:
         form = await request.form()
     except HTTPException as exc:  # Starlette's plain-text 400 for a broken multipart body (or > 1000 fields)
+        if exc.status_code == 413:  # over the upload limit while streaming: the 413 of every route
+            raise
         raise ClientError(400, f"the upload is not a valid multipart form: {exc.detail}") from None
     image = form.get("image")
     if not isinstance(image, UploadFile) or not image.filename:

@@ -237,6 +237,23 @@ def test_hostile_model_headers_are_no_metadata_and_no_preview(served, name):
     assert "error" in json.loads(preview.body)
 
 
+@pytest.mark.parametrize("path, limit", [("/prompt", BODY_LIMIT), ("/api/settings", BODY_LIMIT),
+                                         ("/upload/image", UPLOAD_LIMIT), ("/userdata/big.json", UPLOAD_LIMIT)])
+def test_bodies_over_the_limit_are_413_however_they_arrive(served, path, limit):
+    app, _, _ = served
+    form = path.startswith("/upload")
+    over = multipart([("image", "big.png", b"0" * limit)]) if form else b"0" * (limit + 1)
+    kind = {"content-type": "multipart/form-data; boundary=fuzzboundary" if form else "application/json"}
+    honest = asyncio.run(asgi_call(app, "POST", path, body=over, headers=kind))
+    lying = asyncio.run(asgi_call(app, "POST", path, body=[over[:10], over[10:]],
+                                  headers={**kind, "content-length": "5"}))
+    chunked = asyncio.run(asgi_call(app, "POST", path, body=[over[: limit // 2], over[limit // 2:]],
+                                    headers={**kind, "transfer-encoding": "chunked"}))
+    assert (honest.status, lying.status, chunked.status) == (413, 413, 413)
+    if not form:
+        assert asyncio.run(asgi_call(app, "POST", path, body=over[:limit])).status != 413  # at the limit: fine
+
+
 def test_unhashable_class_type_is_invalid_prompt(served):
     app, _, _ = served
     body = json.dumps({"prompt": {"1": {"class_type": ["SaveImage"], "inputs": {}}}}).encode()
