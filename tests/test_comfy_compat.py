@@ -81,10 +81,13 @@ class PackSlowCounter:
         for i in range(steps):
             if i == self_interrupt_at:
                 comfy.model_management.interrupt_current_processing()
-            comfy.model_management.throw_exception_if_processing_interrupted()
-            worker = threading.Thread(target=pbar.update, args=(1,))  # packs update bars from their own threads
-            worker.start()
-            worker.join()
+                comfy.model_management.throw_exception_if_processing_interrupted()
+            if i == 0:  # packs also update bars from their own threads
+                worker = threading.Thread(target=pbar.update, args=(1,))
+                worker.start()
+                worker.join()
+            else:
+                pbar.update(1)  # an interrupt point
             done += 1
         return {"ui": {"done": [done], "device": [str(comfy.model_management.get_torch_device())]}}
 
@@ -386,7 +389,7 @@ def test_progress_bar_reports_and_interrupts(tmp_path):
         with pytest.raises(Interrupted):
             engine.run({"1": {"class_type": "PackSlowCounter", "inputs": {"steps": 6, "self_interrupt_at": -1}}},
                        timeout=30)
-        assert progress[4:] == [(1, 6), (2, 6)]  # the bar's next update raised
+        assert progress[4:] == [(1, 6), (2, 6)]  # the bar's third update raised
         with pytest.raises(Interrupted):  # the pack's own interrupt: InterruptProcessingException
             engine.run({"1": {"class_type": "PackSlowCounter", "inputs": {"steps": 5, "self_interrupt_at": 3}}},
                        timeout=30)
