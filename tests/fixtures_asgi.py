@@ -17,7 +17,8 @@ from comfy_core import Engine, EngineConfig, context
 
 
 def make_engine(root: Path, **overrides: Any) -> Engine:
-    """An engine whose folders all live under `root` (not started)."""
+    """An engine whose folders all live under `root` (not started), user data included: not the repo's ./user."""
+    overrides.setdefault("user_dir", str(root / "user"))
     config = EngineConfig(models_dir=str(root / "models"), input_dir=str(root / "input"),
                           output_dir=str(root / "output"), temp_dir=str(root / "temp"), **overrides)
     engine = Engine(config)
