@@ -89,10 +89,11 @@ class PageLog:
         if isinstance(payload, str):
             into.append(json.loads(payload))
 
-    def unexpected(self) -> list[str]:
+    def unexpected(self, also: dict[tuple[str, str], int] | None = None) -> list[str]:
         """Same-origin answers >= 400 that ComfyUI would not give, failed requests, unknown page/console errors."""
+        expected = {**EXPECTED_MISSES, **(also or {})}
         bad = [f"{m} {p} -> {s}" for m, p, s in self.responses
-               if s >= 400 and EXPECTED_MISSES.get((m, p.split("?")[0])) != s]
+               if s >= 400 and expected.get((m, p.split("?")[0])) != s]
         bad += self.failures
         bad += [e for e in self.page_errors if KNOWN_PAGE_ERROR not in e]
         bad += [e for e in self.console_errors if not e.startswith(tuple(KNOWN_CONSOLE_ERRORS))]
@@ -128,7 +129,7 @@ def served(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def browser(served):
+def browser(served):  # after `served`, so the server outlives the browser
     with playwright_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
         yield browser
@@ -264,3 +265,31 @@ def test_queue_sidebar_shows_running_and_pending_and_interrupt_button_stops_the_
         assert log.unexpected() == []
     finally:
         context.close()
+
+
+def test_multi_user_server_starts_on_the_user_picker_and_uses_the_new_user(browser, tmp_path):
+    engine = make_engine(tmp_path, user_dir=str(tmp_path / "user"), multi_user=True)
+    engine.start()
+    try:
+        with running_server(create_app(engine, frontend_dir=installed_frontend())) as url:
+            context = browser.new_context(viewport={"width": 1280, "height": 800})
+            page = context.new_page()
+            log = PageLog(page, url)
+            users: list[str | None] = []
+            page.on("request", lambda r: "/api/settings" in r.url and users.append(r.headers.get("comfy-user")))
+            page.goto(url + "/")
+            page.wait_for_url("**/user-select", timeout=30000)
+            page.get_by_placeholder("Enter a username").fill("alice")
+            page.get_by_role("button", name="Next").click()
+            page.wait_for_function("() => window.app && window.app.graph && window.app.canvas", timeout=30000)
+            wait_until(page, lambda: users, what="a settings request")
+            (user_id, name), = engine.userdata.users().items()
+            assert name == "alice" and user_id.startswith("alice_")
+            assert set(users) == {user_id}  # every settings call carries the Comfy-User header
+            wait_until(page, lambda: "Comfy.TutorialCompleted" in engine.userdata.settings(user_id),
+                       what="alice's settings")
+            # The <link> to user.css cannot send the header: with no user we answer 403 (ComfyUI: a 500).
+            assert log.unexpected({("GET", "/api/userdata/user.css"): 403}) == []
+            context.close()
+    finally:
+        engine.close()
