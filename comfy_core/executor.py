@@ -28,7 +28,7 @@ from .events import (
     ExecutionSuccess,
     now_ms,
 )
-from .graph import _type_name, is_link
+from .graph import exception_type_name, is_link
 from .graph_utils import ExecutionBlocker
 from .node_calls import (
     NodeCall,
@@ -169,7 +169,7 @@ class Executor:
         error = ExecutionError(
             prompt_id=run.prompt_id, node_id=node_id, node_type=node_type, executed=run.executed,
             exception_message=str(exc),
-            exception_type="graph.DependencyCycleError" if cycle else _type_name(exc),
+            exception_type="graph.DependencyCycleError" if cycle else exception_type_name(exc),
             traceback=[] if cycle else traceback.format_tb(exc.__traceback__),
             current_inputs=format_inputs(failure.inputs), current_outputs=list(run.prompt), timestamp=now_ms())
         run.record(error)

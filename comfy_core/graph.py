@@ -223,7 +223,7 @@ class _Validator:
             self.results[source_id] = (False, [_error(
                 "exception_during_inner_validation", "Exception when validating inner node", str(exc),
                 {"input_name": name, "input_config": list(config), "exception_message": str(exc),
-                 "exception_type": _type_name(exc), "traceback": traceback.format_tb(exc.__traceback__),
+                 "exception_type": exception_type_name(exc), "traceback": traceback.format_tb(exc.__traceback__),
                  "linked_node": link})])
             return False
 
@@ -286,7 +286,7 @@ class _CycleError(Exception):
         super().__init__("Dependency cycle detected: " + " -> ".join(cycle))
 
 
-def _type_name(exc: BaseException) -> str:
+def exception_type_name(exc: BaseException) -> str:
     cls = type(exc)
     return cls.__qualname__ if cls.__module__ in (None, "builtins") else f"{cls.__module__}.{cls.__qualname__}"
 
@@ -344,7 +344,7 @@ def validate(prompt: Mapping[str, Any], registry: NodeRegistry,
             errors = validator.results.get(output, (False, []))[1]
         except Exception as exc:
             ok, errors = False, [_error("exception_during_validation", "Exception when validating node", str(exc),
-                                        {"exception_type": _type_name(exc),
+                                        {"exception_type": exception_type_name(exc),
                                          "traceback": traceback.format_tb(exc.__traceback__)})]
             validator.results[output] = (False, errors)
         (good if ok else failed).append((output, errors))

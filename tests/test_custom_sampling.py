@@ -410,7 +410,7 @@ def test_inpainting_noise_mask_matches_ksampler(model, ctx):
 
 def test_denoised_output_is_the_last_x0(model, ctx, monkeypatch):
     seen = []
-    monkeypatch.setattr(cs, "_step_reporter", lambda m: lambda step, total, x0: seen.append((step, total, x0)))
+    monkeypatch.setattr(cs, "step_reporter", lambda m: lambda step, total, x0: seen.append((step, total, x0)))
     sigmas = sch.BasicScheduler().get_sigmas(model, "normal", 4, 1.0)[0]
     high, _ = sch.SplitSigmas().get_sigmas(sigmas, 2)  # stop half way: the output still holds noise
     out, denoised = cs.SamplerCustom().sample(model, True, 3, 4.0, POSITIVE, NEGATIVE, sampler_object("euler"), high,

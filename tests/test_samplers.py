@@ -19,21 +19,21 @@ OWN = ("euler euler_cfg_pp euler_ancestral euler_ancestral_cfg_pp heun heunpp2 d
 pytestmark = pytest.mark.filterwarnings("ignore:Should have tb<=t1:UserWarning")  # torchsde float32 end-point check
 
 
-def _require(name: str) -> None:
+def require_clip(name: str) -> None:
     if name not in S.SAMPLERS:
         pytest.skip("not implemented yet")
 
 
 @pytest.mark.parametrize("name,section", CASES, ids=[f"{s}-{n}" for n, s in CASES])
 def test_matches_comfyui(name: str, section: str) -> None:
-    _require(name)
+    require_clip(name)
     check_reference_case(name, section, TOLERANCE)
 
 
 @pytest.mark.parametrize("name", S.KSAMPLER_NAMES)
 def test_sampler_seed_dependence_matches_comfyui(name: str) -> None:
     """Changing only the sampler seed (not the initial noise) changes exactly the samplers ComfyUI says it does."""
-    _require(name)
+    require_clip(name)
     ms, sigmas = ModelSampling(), case_sigmas(name)
     x = ms.noise_scaling(sigmas[0], prepare_noise(torch.zeros(1, 4, 8, 8), 42), torch.zeros(1, 4, 8, 8), True)
     a = S.get_sampler(name)(make_toy("samplers", ms), x, sigmas, seed=42)
@@ -75,7 +75,7 @@ def test_callback_reports_every_step(name: str) -> None:
 
 @pytest.mark.parametrize("name", S.KSAMPLER_NAMES)
 def test_single_sigma_is_a_no_op(name: str) -> None:
-    _require(name)
+    require_clip(name)
     x = torch.randn(1, 4, 8, 8)
     out = S.get_sampler(name)(make_toy("samplers", ModelSampling()), x, torch.tensor([3.0]), seed=0)
     assert torch.equal(out, x)

@@ -13,7 +13,7 @@ from typing import Any
 from ..context import current
 from ..nodes import image as _image
 from ..nodes.inputs import MAX_RESOLUTION  # noqa: F401 - re-exported API
-from ..nodes.sampling import _attention_backend, _step_reporter
+from ..nodes.sampling import attention_backend_choice, step_reporter
 from ..sampling.ksampler import sample_latent
 from .comfy.model_management import interrupt_current_processing
 
@@ -66,7 +66,7 @@ def common_ksampler(model: Any, seed: int, steps: int, cfg: float, sampler_name:
     out = sample_latent(model, latent, positive, negative, seed=seed, steps=steps, cfg=cfg,
                         sampler_name=sampler_name, scheduler=scheduler, denoise=denoise, add_noise=not disable_noise,
                         start_step=start_step, last_step=last_step, force_full_denoise=force_full_denoise,
-                        on_step=_step_reporter(model), attention_backend=_attention_backend())
+                        on_step=step_reporter(model), attention_backend=attention_backend_choice())
     return (out,)
 
 

@@ -28,7 +28,7 @@ from ..sampling.samplers import KSAMPLER_NAMES
 from ..sampling.samplers_sa import tau_interval
 from . import custom_schedulers
 from .custom_schedulers import CUSTOM_SAMPLER_MODULE, free_float
-from .sampling import _attention_backend, _cfg_options, _seed_input, _step_reporter
+from .sampling import attention_backend_choice, cfg_options, seed_input, step_reporter
 
 Latent = dict[str, Any]
 
@@ -39,7 +39,7 @@ def _run(guider: CFGGuider, noise, sampler, sigmas: torch.Tensor, latent_image: 
     model = guider.model
     latent = dict(latent_image)
     latent["samples"] = fix_empty_latent_channels(model, latent["samples"])
-    report = _step_reporter(model)
+    report = step_reporter(model)
     last_x0: dict[str, torch.Tensor] = {}
 
     def on_step(step: int, total: int, denoised: torch.Tensor) -> None:
@@ -48,7 +48,7 @@ def _run(guider: CFGGuider, noise, sampler, sigmas: torch.Tensor, latent_image: 
 
     samples = guider.sample(noise.generate_noise(latent), latent["samples"], sampler, sigmas,
                             denoise_mask=latent.get("noise_mask"), on_step=on_step, seed=seed,
-                            attention_backend=_attention_backend())
+                            attention_backend=attention_backend_choice())
     out = {**latent, "samples": samples}
     if "x0" not in last_x0:
         return out, out
@@ -65,8 +65,8 @@ class SamplerCustom:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "model": ("MODEL",), "add_noise": ("BOOLEAN", {"default": True}), "noise_seed": _seed_input(),
-            "cfg": ("FLOAT", _cfg_options()), "positive": ("CONDITIONING",), "negative": ("CONDITIONING",),
+            "model": ("MODEL",), "add_noise": ("BOOLEAN", {"default": True}), "noise_seed": seed_input(),
+            "cfg": ("FLOAT", cfg_options()), "positive": ("CONDITIONING",), "negative": ("CONDITIONING",),
             "sampler": ("SAMPLER",), "sigmas": ("SIGMAS",), "latent_image": ("LATENT",),
         }}
 
@@ -159,7 +159,7 @@ class CFGGuiderNode(_GuiderNode):
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {"model": ("MODEL",), "positive": ("CONDITIONING",), "negative": ("CONDITIONING",),
-                             "cfg": ("FLOAT", _cfg_options())}}
+                             "cfg": ("FLOAT", cfg_options())}}
 
     def get_guider(self, model, positive, negative, cfg):
         guider = CFGGuider(model)
@@ -172,8 +172,8 @@ class DualCFGGuiderNode(_GuiderNode):
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {"model": ("MODEL",), "cond1": ("CONDITIONING",), "cond2": ("CONDITIONING",),
-                             "negative": ("CONDITIONING",), "cfg_conds": ("FLOAT", _cfg_options()),
-                             "cfg_cond2_negative": ("FLOAT", _cfg_options()), "style": (["regular", "nested"],)}}
+                             "negative": ("CONDITIONING",), "cfg_conds": ("FLOAT", cfg_options()),
+                             "cfg_cond2_negative": ("FLOAT", cfg_options()), "style": (["regular", "nested"],)}}
 
     def get_guider(self, model, cond1, cond2, negative, cfg_conds, cfg_cond2_negative, style):
         guider = DualCFGGuider(model)
@@ -211,7 +211,7 @@ class DisableNoise:
 class RandomNoiseNode(DisableNoise):
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {"noise_seed": _seed_input()}}
+        return {"required": {"noise_seed": seed_input()}}
 
     def get_noise(self, noise_seed):
         return (RandomNoise(noise_seed),)

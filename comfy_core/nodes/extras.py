@@ -27,8 +27,8 @@ from ..sampling.perp_neg import PerpNegGuider, perp_neg_cfg_function
 from .image import LoadImage
 from .inputs import MAX_RESOLUTION, int_input
 from .loaders import device_dtype, model_cache, model_files, model_path
-from .sampling import _cfg_options
-from .text import _prompt, _require
+from .sampling import cfg_options
+from .text import prompt_text, require_clip
 from .vae import check_vae, interrupt_check
 
 PERPNEG_MODULE = "comfy_extras.nodes_perpneg"
@@ -102,7 +102,7 @@ class PerpNegGuiderNode:
     def INPUT_TYPES(cls):
         return {"required": {"model": ("MODEL", {}), "positive": ("CONDITIONING", {}),
                              "negative": ("CONDITIONING", {}), "empty_conditioning": ("CONDITIONING", {}),
-                             "cfg": ("FLOAT", _cfg_options()), "neg_scale": _neg_scale()}}
+                             "cfg": ("FLOAT", cfg_options()), "neg_scale": _neg_scale()}}
 
     def get_guider(self, model, positive, negative, empty_conditioning, cfg, neg_scale):
         guider = PerpNegGuider(model)
@@ -151,11 +151,11 @@ class CLIPTextEncodeControlnet:
 
     @classmethod
     def INPUT_TYPES(cls):
-        text = _prompt()
+        text = prompt_text()
         return {"required": {"clip": ("CLIP", {}), "conditioning": ("CONDITIONING", {}), "text": text}}
 
     def encode(self, clip, conditioning: list, text: str):
-        clip = _require(clip, (), "CLIPTextEncodeControlnet")
+        clip = require_clip(clip, (), "CLIPTextEncodeControlnet")
         cond, pooled = clip.encode_from_tokens(clip.tokenize(text), return_pooled=True)
         return (_with_extras(conditioning, cross_attn_controlnet=cond, pooled_output_controlnet=pooled),)
 
@@ -302,12 +302,12 @@ class GLIGENTextBoxApply:
             return int_input(default, minimum, step=8)
 
         return {"required": {"conditioning_to": ("CONDITIONING",), "clip": ("CLIP",),
-                             "gligen_textbox_model": ("GLIGEN",), "text": _prompt(),
+                             "gligen_textbox_model": ("GLIGEN",), "text": prompt_text(),
                              "width": box(64, 8), "height": box(64, 8), "x": box(0, 0), "y": box(0, 0)}}
 
     def append(self, conditioning_to: list, clip, gligen_textbox_model: Gligen, text: str, width: int, height: int,
                x: int, y: int):
-        clip = _require(clip, (), "GLIGENTextBoxApply")
+        clip = require_clip(clip, (), "GLIGENTextBoxApply")
         # ComfyUI asks for the unprojected pooled output: what SD1's CLIP-L pools (SD1 is GLIGEN's family)
         _, pooled = clip.encode_from_tokens(clip.tokenize(text), return_pooled=True)
         box = (pooled, height // 8, width // 8, y // 8, x // 8)  # latent pixels

@@ -28,7 +28,7 @@ def _file_sha256(name: str) -> str:
     return sha256_file(_storage().resolve_annotated(name, "input", must_exist=True))
 
 
-def _resize(image: torch.Tensor, width: int, height: int, method: str, crop: str = "disabled") -> torch.Tensor:
+def resize_image(image: torch.Tensor, width: int, height: int, method: str, crop: str = "disabled") -> torch.Tensor:
     """`common_upscale` for IMAGE [B,H,W,C] (it works on [B,C,H,W])."""
     return common_upscale(image.movedim(-1, 1), width, height, method, crop).movedim(1, -1)
 
@@ -198,7 +198,7 @@ class ImageScale:
             width = max(1, round(image.shape[2] * height / image.shape[1]))
         elif height == 0:
             height = max(1, round(image.shape[1] * width / image.shape[2]))
-        return (_resize(image, width, height, upscale_method, crop),)
+        return (resize_image(image, width, height, upscale_method, crop),)
 
 
 class ImageScaleBy:
@@ -215,7 +215,7 @@ class ImageScaleBy:
         }}
 
     def upscale(self, image: torch.Tensor, upscale_method: str, scale_by: float) -> tuple[torch.Tensor]:
-        return (_resize(image, *_scaled_size(image, scale_by), upscale_method),)
+        return (resize_image(image, *_scaled_size(image, scale_by), upscale_method),)
 
 
 class ImageScaleToTotalPixels:
@@ -234,13 +234,13 @@ class ImageScaleToTotalPixels:
         }}
 
     def upscale(self, image: torch.Tensor, upscale_method: str, megapixels: float) -> tuple[torch.Tensor]:
-        _check_choice("upscale_method", upscale_method, IMAGE_UPSCALE_METHODS)
+        check_choice("upscale_method", upscale_method, IMAGE_UPSCALE_METHODS)
         total = int(megapixels * 1024 * 1024)  # a "megapixel" is 2^20 pixels here
         scale_by = math.sqrt(total / (image.shape[2] * image.shape[1]))
-        return (_resize(image, *_scaled_size(image, scale_by), upscale_method),)
+        return (resize_image(image, *_scaled_size(image, scale_by), upscale_method),)
 
 
-def _check_choice(name: str, value: str, choices: list[str]) -> None:
+def check_choice(name: str, value: str, choices: list[str]) -> None:
     """V3 combos are not checked by prompt validation (as in ComfyUI), so the node checks its own."""
     if value not in choices:
         raise ValueError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
@@ -262,7 +262,7 @@ class ImageInvert:
         return (1.0 - image,)
 
 
-def _pad_alpha(image: torch.Tensor) -> torch.Tensor:
+def pad_alpha(image: torch.Tensor) -> torch.Tensor:
     """RGB -> RGBA with alpha 1."""
     return torch.nn.functional.pad(image, (0, 1), mode="constant", value=1.0)
 
@@ -279,11 +279,11 @@ class ImageBatch:
     def batch(self, image1: torch.Tensor, image2: torch.Tensor) -> tuple[torch.Tensor]:
         if image1.shape[-1] != image2.shape[-1]:  # mixing RGB and RGBA: give the RGB one an opaque alpha
             if image1.shape[-1] > image2.shape[-1]:
-                image2 = _pad_alpha(image2)
+                image2 = pad_alpha(image2)
             else:
-                image1 = _pad_alpha(image1)
+                image1 = pad_alpha(image1)
         if image1.shape[1:] != image2.shape[1:]:  # resize the second to the first's size
-            image2 = _resize(image2, image1.shape[2], image1.shape[1], "bilinear", "center")
+            image2 = resize_image(image2, image1.shape[2], image1.shape[1], "bilinear", "center")
         return (torch.cat((image1, image2), dim=0),)
 
 
@@ -383,7 +383,7 @@ def image_alpha_fix(destination: torch.Tensor, source: torch.Tensor) -> tuple[to
     if destination.shape[-1] < source.shape[-1]:
         source = source[..., :destination.shape[-1]]
     elif destination.shape[-1] > source.shape[-1]:
-        destination = _pad_alpha(destination)
+        destination = pad_alpha(destination)
     return destination, source
 
 
@@ -408,7 +408,7 @@ class ImageBlend:
         image1, image2 = image_alpha_fix(image1, image2)
         image2 = image2.to(image1.device)
         if image1.shape != image2.shape:  # fit image2 to image1 (center crop + bicubic)
-            image2 = _resize(image2, image1.shape[2], image1.shape[1], "bicubic", "center")
+            image2 = resize_image(image2, image1.shape[2], image1.shape[1], "bicubic", "center")
         blended = blend(image1, image2, blend_mode)
         return (torch.clamp(image1 * (1 - blend_factor) + blended * blend_factor, 0, 1),)
 

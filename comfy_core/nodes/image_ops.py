@@ -13,7 +13,7 @@ from PIL import Image, PngImagePlugin
 
 from .. import context, image_filters
 from ..images import tensor_to_pil
-from .image import LoadImage, _check_choice, _pad_alpha, _resize
+from .image import LoadImage, check_choice, pad_alpha, resize_image
 from .inputs import int_input
 from .latent import composite_masked
 
@@ -69,7 +69,7 @@ class ImageCompositeMasked:
         if destination.shape[-1] < source.shape[-1]:
             source = source[..., :destination.shape[-1]]
         elif destination.shape[-1] > source.shape[-1]:  # an RGB source over RGBA pastes opaque pixels
-            source = _pad_alpha(source)
+            source = pad_alpha(source)
         canvas = destination.clone().movedim(-1, 1)  # [B,C,H,W]
         source = source.movedim(-1, 1)
         if x < 0 or y < 0:  # ComfyUI's slicing breaks here; paste the visible part at the edge instead
@@ -263,7 +263,7 @@ class ImageQuantize:
         }}
 
     def quantize(self, image: torch.Tensor, colors: int, dither: str) -> tuple[torch.Tensor]:
-        _check_choice("dither", dither, image_filters.DITHER_MODES)
+        check_choice("dither", dither, image_filters.DITHER_MODES)
         result = torch.stack([image_filters.quantize(rgb, colors, dither) for rgb in image[..., :3]])
         if image.shape[-1] == 4:  # alpha passes through untouched
             result = torch.cat((result, image[..., 3:]), dim=-1)
@@ -310,7 +310,7 @@ class Morphology:
         }}
 
     def process(self, image: torch.Tensor, operation: str, kernel_size: int) -> tuple[torch.Tensor]:
-        _check_choice("operation", operation, list(self.OPERATIONS))
+        check_choice("operation", operation, list(self.OPERATIONS))
         op = image_filters.MORPHOLOGY_OPS[operation]
         return (op(image.movedim(-1, 1), kernel_size).movedim(1, -1),)
 
@@ -391,7 +391,7 @@ class ImageStitch:
             h1, w1 = image1.shape[1:3]
             aspect = image2.shape[2] / image2.shape[1]
             size = (int(h1 * aspect), h1) if horizontal else (w1, int(w1 / aspect))
-            image2 = _resize(image2, size[0], size[1], "lanczos")
+            image2 = resize_image(image2, size[0], size[1], "lanczos")
         else:  # centre the smaller one across the joint, padded with the spacing grey level (0 for colours)
             rgb = _STITCH_COLORS[spacing_color]
             value = rgb[0] if len(set(rgb)) == 1 else 0.0
@@ -432,7 +432,7 @@ class ResizeAndPadImage:
         b, h, w, c = image.shape
         scale = min(target_width / w, target_height / h)  # fit inside, keep the aspect ratio
         new_w, new_h = int(w * scale), int(h * scale)
-        resized = _resize(image, new_w, new_h, interpolation)
+        resized = resize_image(image, new_w, new_h, interpolation)
         out = torch.full((b, target_height, target_width, c), 0.0 if padding_color == "black" else 1.0,
                          dtype=image.dtype, device=image.device)
         top, left = (target_height - new_h) // 2, (target_width - new_w) // 2
@@ -499,7 +499,7 @@ class ImageScaleToMaxDimension:
             width, height = largest_size, round(height / width * largest_size)
         else:
             width = height = largest_size
-        return (_resize(image, width, height, upscale_method),)
+        return (resize_image(image, width, height, upscale_method),)
 
 
 class Canny:

@@ -11,23 +11,23 @@ from ..sampling.schedulers import SCHEDULER_NAMES
 SEED_MAX = 0xFFFFFFFFFFFFFFFF
 
 
-def _seed_input(tooltip: str | None = None) -> tuple:
+def seed_input(tooltip: str | None = None) -> tuple:
     options: dict[str, Any] = {"default": 0, "min": 0, "max": SEED_MAX, "control_after_generate": True}
     if tooltip:
         options["tooltip"] = tooltip
     return ("INT", options)
 
 
-def _cfg_options() -> dict[str, Any]:
+def cfg_options() -> dict[str, Any]:
     return {"default": 8.0, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01}
 
 
-def _attention_backend() -> str | None:
+def attention_backend_choice() -> str | None:
     """The engine's attention backend choice (EngineConfig.attention_backend), forced on the UNet for this run."""
     return getattr(context.current().config, "attention_backend", None)
 
 
-def _step_reporter(model):
+def step_reporter(model):
     """Per-step callback: progress (an interrupt point) plus a latent2rgb preview when a client asked for one."""
     ctx = context.current()
 
@@ -51,9 +51,9 @@ class KSampler:
     def INPUT_TYPES(cls):
         return {"required": {
             "model": ("MODEL", {"tooltip": "The diffusion model that predicts the noise."}),
-            "seed": _seed_input("Seed of the initial noise (and of the sampler's own noise)."),
+            "seed": seed_input("Seed of the initial noise (and of the sampler's own noise)."),
             "steps": ("INT", {"default": 20, "min": 1, "max": 10000, "tooltip": "Number of sampling steps."}),
-            "cfg": ("FLOAT", {**_cfg_options(), "tooltip": "Classifier-free guidance scale: how strongly the result "
+            "cfg": ("FLOAT", {**cfg_options(), "tooltip": "Classifier-free guidance scale: how strongly the result "
                                                             "follows the positive conditioning."}),
             "sampler_name": (list(KSAMPLER_NAMES), {"tooltip": "The sampling algorithm."}),
             "scheduler": (list(SCHEDULER_NAMES), {"tooltip": "How the noise levels are spaced over the steps."}),
@@ -67,7 +67,7 @@ class KSampler:
     def sample(self, model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image, denoise=1.0):
         latent = sample_latent(model, latent_image, positive, negative, seed=seed, steps=steps, cfg=cfg,
                                sampler_name=sampler_name, scheduler=scheduler, denoise=denoise,
-                               on_step=_step_reporter(model), attention_backend=_attention_backend())
+                               on_step=step_reporter(model), attention_backend=attention_backend_choice())
         return (latent,)
 
 
@@ -81,9 +81,9 @@ class KSamplerAdvanced:
         return {"required": {
             "model": ("MODEL",),
             "add_noise": (["enable", "disable"],),
-            "noise_seed": _seed_input(),
+            "noise_seed": seed_input(),
             "steps": ("INT", {"default": 20, "min": 1, "max": 10000}),
-            "cfg": ("FLOAT", _cfg_options()),
+            "cfg": ("FLOAT", cfg_options()),
             "sampler_name": (list(KSAMPLER_NAMES),),
             "scheduler": (list(SCHEDULER_NAMES),),
             "positive": ("CONDITIONING",),
@@ -100,7 +100,7 @@ class KSamplerAdvanced:
                                sampler_name=sampler_name, scheduler=scheduler, denoise=denoise,
                                add_noise=add_noise == "enable", start_step=start_at_step, last_step=end_at_step,
                                force_full_denoise=return_with_leftover_noise != "enable",
-                               on_step=_step_reporter(model), attention_backend=_attention_backend())
+                               on_step=step_reporter(model), attention_backend=attention_backend_choice())
         return (latent,)
 
 

@@ -15,14 +15,14 @@ def _size(default: int) -> tuple[str, dict[str, int]]:
     return int_input(default, 0, step=None)
 
 
-def _prompt(tooltip: str | None = None) -> tuple[str, dict[str, Any]]:
+def prompt_text(tooltip: str | None = None) -> tuple[str, dict[str, Any]]:
     options: dict[str, Any] = {"multiline": True, "dynamicPrompts": True}
     if tooltip:
         options["tooltip"] = tooltip
     return ("STRING", options)
 
 
-def _require(clip: Any, roles: tuple[str, ...], node: str) -> CLIP:
+def require_clip(clip: Any, roles: tuple[str, ...], node: str) -> CLIP:
     if clip is None:
         raise RuntimeError("ERROR: clip input is invalid: None\n\nIf the clip is from a checkpoint loader node your "
                            "checkpoint does not contain a valid clip or text encoder model.")
@@ -43,12 +43,12 @@ class CLIPTextEncode:
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
         return {"required": {
-            "text": _prompt("The prompt to encode."),
+            "text": prompt_text("The prompt to encode."),
             "clip": ("CLIP", {"tooltip": "The CLIP text encoder to use."}),
         }}
 
     def encode(self, clip: CLIP, text: str) -> tuple[list]:
-        clip = _require(clip, (), "CLIPTextEncode")
+        clip = require_clip(clip, (), "CLIPTextEncode")
         return (clip.encode_conditioning(clip.tokenize(text)),)
 
 
@@ -73,12 +73,12 @@ class CLIPTextEncodeSDXL(_SDXLTextEncode):
             "width": _size(1024), "height": _size(1024),
             "crop_w": _size(0), "crop_h": _size(0),
             "target_width": _size(1024), "target_height": _size(1024),
-            "text_g": _prompt(), "text_l": _prompt(),
+            "text_g": prompt_text(), "text_l": prompt_text(),
         }}
 
     def encode(self, clip: CLIP, width: int, height: int, crop_w: int, crop_h: int, target_width: int,
                target_height: int, text_g: str, text_l: str) -> tuple[list]:
-        clip = _require(clip, ("l", "g"), "CLIPTextEncodeSDXL")
+        clip = require_clip(clip, ("l", "g"), "CLIPTextEncodeSDXL")
         tokens = clip.tokenize(text_g)
         tokens["l"] = clip.tokenize(text_l)["l"]
         if len(tokens["l"]) != len(tokens["g"]):  # pad the shorter prompt with empty chunks
@@ -100,12 +100,12 @@ class CLIPTextEncodeSDXLRefiner(_SDXLTextEncode):
         return {"required": {
             "ascore": ("FLOAT", {"default": 6.0, "min": 0.0, "max": 1000.0, "step": 0.01}),
             "width": _size(1024), "height": _size(1024),
-            "text": _prompt(),
+            "text": prompt_text(),
             "clip": ("CLIP", {}),
         }}
 
     def encode(self, clip: CLIP, ascore: float, width: int, height: int, text: str) -> tuple[list]:
-        clip = _require(clip, (), "CLIPTextEncodeSDXLRefiner")
+        clip = require_clip(clip, (), "CLIPTextEncodeSDXLRefiner")
         extras = {"aesthetic_score": ascore, "width": width, "height": height}
         return (clip.encode_conditioning(clip.tokenize(text), extras),)
 

@@ -20,7 +20,7 @@ SCHEDULER_NAMES: tuple[str, ...] = (
 """All 9 scheduler names, in ComfyUI's order (the KSampler `scheduler` choice list)."""
 
 
-def _append_zero(sigmas: torch.Tensor) -> torch.Tensor:
+def append_zero_sigma(sigmas: torch.Tensor) -> torch.Tensor:
     return torch.cat([sigmas, sigmas.new_zeros([1])])
 
 
@@ -29,12 +29,12 @@ def get_sigmas_karras(n: int, sigma_min: float, sigma_max: float, rho: float = 7
     """Karras et al. (2022) eq. 5: sigmas evenly spaced in sigma^(1/rho)."""
     ramp = torch.linspace(0, 1, n)
     min_inv_rho, max_inv_rho = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
-    return _append_zero((max_inv_rho + ramp * (min_inv_rho - max_inv_rho)) ** rho)
+    return append_zero_sigma((max_inv_rho + ramp * (min_inv_rho - max_inv_rho)) ** rho)
 
 
 def get_sigmas_exponential(n: int, sigma_min: float, sigma_max: float) -> torch.Tensor:
     """Sigmas evenly spaced in log-sigma."""
-    return _append_zero(torch.linspace(math.log(sigma_max), math.log(sigma_min), n).exp())
+    return append_zero_sigma(torch.linspace(math.log(sigma_max), math.log(sigma_min), n).exp())
 
 
 def kl_optimal_sigmas(n: int, sigma_min: float, sigma_max: float) -> torch.Tensor:

@@ -13,7 +13,7 @@ import torch
 
 from comfy_core.models.model_sampling import ModelSampling
 
-from .schedulers import _append_zero
+from .schedulers import append_zero_sigma
 
 # Align Your Steps (Sabour et al. 2024), NVIDIA's published 10-step noise levels
 AYS_NOISE_LEVELS: dict[str, list[float]] = {
@@ -38,14 +38,14 @@ OPTIMAL_STEPS_NOISE_LEVELS: dict[str, list[float]] = {
 def get_sigmas_polyexponential(n: int, sigma_min: float, sigma_max: float, rho: float = 1.0) -> torch.Tensor:
     """k-diffusion: log sigma polynomial (degree rho) in the step index, from sigma_max to sigma_min, then 0."""
     ramp = torch.linspace(1, 0, n) ** rho
-    return _append_zero(torch.exp(ramp * (math.log(sigma_max) - math.log(sigma_min)) + math.log(sigma_min)))
+    return append_zero_sigma(torch.exp(ramp * (math.log(sigma_max) - math.log(sigma_min)) + math.log(sigma_min)))
 
 
 def get_sigmas_vp(n: int, beta_d: float = 19.9, beta_min: float = 0.1, eps_s: float = 1e-3) -> torch.Tensor:
     """k-diffusion: the continuous VP SDE schedule (Song et al. 2021) sigma(t) = sqrt(exp(beta_d t²/2 + beta_min t) − 1)
     for t from 1 to eps_s, then 0."""
     t = torch.linspace(1, eps_s, n)
-    return _append_zero(torch.sqrt(torch.special.expm1(beta_d * t**2 / 2 + beta_min * t)))
+    return append_zero_sigma(torch.sqrt(torch.special.expm1(beta_d * t**2 / 2 + beta_min * t)))
 
 
 def get_sigmas_laplace(n: int, sigma_min: float, sigma_max: float, mu: float = 0.0, beta: float = 0.5) -> torch.Tensor:
@@ -61,7 +61,7 @@ def sd_turbo_sigmas(ms: ModelSampling, steps: int, denoise: float) -> torch.Tens
     """SD-Turbo's schedule: `steps` of the timesteps 999, 899, ..., 99, skipping the first 10 − int(10·denoise)."""
     start = 10 - int(10 * denoise)
     timesteps = torch.flip(torch.arange(1, 11) * 100 - 1, (0,))[start:start + steps]
-    return _append_zero(ms.sigma(timesteps).cpu())
+    return append_zero_sigma(ms.sigma(timesteps).cpu())
 
 
 def loglinear_interp(levels: Sequence[float], num_steps: int) -> np.ndarray:
