@@ -1,10 +1,11 @@
 """ComfyUI's own modules, for custom node packs that import them (`import folder_paths`, `from server import ...`).
 
 Most ComfyUI custom node packs start with `import folder_paths`, `import comfy.model_management`, `import nodes`,
-`from server import PromptServer`... These modules hold the public subset of those ComfyUI modules. They keep no
-state of their own: every function looks up the engine running the current node through
-`comfy_core.context.current()` (module attributes such as `folder_paths.models_dir` resolve per access through a
-module `__getattr__`), so several engines in one process each see their own folders, events and nodes.
+`from server import PromptServer`..., and V3 packs `from comfy_api.latest import ComfyExtension, io, ui`. These modules
+hold the public subset of those ComfyUI modules. They keep no state of their own: every function looks up the
+engine running the current node through `comfy_core.context.current()` (module attributes such as
+`folder_paths.models_dir` resolve per access through a module `__getattr__`), so several engines in one process each
+see their own folders, events and nodes.
 
 `install()` makes them importable under ComfyUI's top-level names. `NodeRegistry.load_custom_nodes` calls it before
 importing custom node packs, only when `EngineConfig.comfy_compat` is true, and it provides only names that nothing
@@ -38,6 +39,12 @@ ALIASES: tuple[tuple[str, str], ...] = (
     ("comfy_execution", "comfy_core.compat.comfy_execution"),
     ("comfy_execution.graph", "comfy_core.compat.comfy_execution.graph"),
     ("comfy_execution.graph_utils", "comfy_core.compat.comfy_execution.graph_utils"),
+    ("comfy_api", "comfy_core.compat.comfy_api"),
+    ("comfy_api.latest", "comfy_core.compat.comfy_api.latest"),
+    ("comfy_api.latest._io", "comfy_core.compat.comfy_api.latest._io"),
+    ("comfy_api.latest._ui", "comfy_core.compat.comfy_api.latest._ui"),
+    ("comfy_api.v0_0_1", "comfy_core.compat.comfy_api.v0_0_1"),
+    ("comfy_api.v0_0_2", "comfy_core.compat.comfy_api.v0_0_2"),
 )
 TOP_LEVEL_NAMES = frozenset(alias.partition(".")[0] for alias, _ in ALIASES)
 

@@ -61,6 +61,9 @@ def _as_v3_info(info: dict[str, Any], cls: type, display_name: str | None) -> di
     and `display_name` null unless the schema names one. Set `INFO_V3 = True` on nodes ComfyUI ships as V3."""
     outputs = info["output"]
     v3 = {key: info[key] for key in ("input", "input_order", "output", "output_is_list", "output_name")}
+    if "hidden" in v3["input"]:  # V3 reports each hidden kind as a one-element array: {"unique_id": ["UNIQUE_ID"]}
+        v3["input"] = {**v3["input"], "hidden": {k: v if isinstance(v, list) else [v]
+                                                  for k, v in v3["input"]["hidden"].items()}}
     v3["output_tooltips"] = list(getattr(cls, "OUTPUT_TOOLTIPS", [None] * len(outputs)))
     v3["name"] = info["name"]
     v3["display_name"] = display_name or getattr(cls, "DISPLAY_NAME", None)
@@ -149,7 +152,7 @@ class NodeRegistry:
             module = importlib.util.module_from_spec(spec)
             sys.modules[unique] = module
             spec.loader.exec_module(module)
-            mappings = module.NODE_CLASS_MAPPINGS
+            mappings = _pack_mappings(module, comfy_compat)
         except ModuleNotFoundError as exc:
             sys.modules.pop(unique, None)
             _log_missing_module(entry, exc, comfy_compat)
@@ -167,6 +170,25 @@ class NodeRegistry:
         if web:
             self.web_dirs[module_name] = (entry if entry.is_dir() else entry.parent) / web
         return True
+
+
+def _pack_mappings(module: Any, comfy_compat: bool) -> dict[str, type]:
+    """A pack's node classes: its NODE_CLASS_MAPPINGS, else what its V3 `comfy_entrypoint()` lists. V3 classes
+    (`comfy_api.latest.io.ComfyNode`) run through the compat adapter, which needs `comfy_compat`."""
+    mappings = getattr(module, "NODE_CLASS_MAPPINGS", None)
+    if mappings is None and hasattr(module, "comfy_entrypoint") and comfy_compat:
+        from ..compat.comfy_api.v1_adapter import entrypoint_nodes
+
+        return entrypoint_nodes(module.comfy_entrypoint)
+    if mappings is None:
+        raise AttributeError(f"module {module.__name__!r} has no NODE_CLASS_MAPPINGS"
+                             + (" (V3 comfy_entrypoint needs EngineConfig.comfy_compat)"
+                                if hasattr(module, "comfy_entrypoint") else ""))
+    if comfy_compat:
+        from ..compat.comfy_api.v1_adapter import adapt, is_v3_node
+
+        return {name: adapt(cls)[1] if is_v3_node(cls) else cls for name, cls in mappings.items()}
+    return mappings
 
 
 def _module_location(entry: Path) -> tuple[str, Path, list[str] | None] | None:
