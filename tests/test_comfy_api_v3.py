@@ -415,3 +415,19 @@ def test_schema_helpers_without_an_engine():
     holder = io.HiddenHolder.from_kinds({"UNIQUE_ID": "5"})
     assert (holder.unique_id, holder.prompt) == ("5", None)
     assert torch.equal(io.NodeOutput(1, 2)[1] * torch.ones(1), torch.full((1,), 2.0))
+
+
+def test_run_sync_inside_a_running_loop():
+    """An async entrypoint still loads when the engine is built inside a running event loop (an ASGI startup)."""
+    import asyncio
+
+    from comfy_core.compat.comfy_api.v1_adapter import run_sync
+
+    async def answer() -> int:
+        await asyncio.sleep(0)
+        return 42
+
+    async def main() -> int:
+        return run_sync(answer())
+
+    assert run_sync(answer()) == 42 and asyncio.run(main()) == 42 and run_sync(7) == 7
