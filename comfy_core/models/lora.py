@@ -8,6 +8,7 @@ set is applied in place. Each touched weight is computed once in float32 from it
 order, then cast back, as ComfyUI does:
     LoRA:  W += strength·(alpha/rank)·up@down
     diff:  W = W·strength_model + strength·D      (D: a tensor, or another module's weight with that owner's patches)
+    LoHa / LoKr / DoRA / set_weight: see lora_formats.py, which also reads LoRA files in their many key layouts.
 The cached base weights are therefore never corrupted: whoever uses the module next with other (or no) patches gets
 the exact original values back. Patching happens once per patch-set switch, not per step.
 """
@@ -52,6 +53,9 @@ class LoraWeights:
             raise ModelLoadError(f"LoRA shapes up {list(self.up.shape)} / down {list(self.down.shape)} do not fit a "
                                  f"weight of shape {list(shape)}")
         return scale * diff.reshape(shape)
+
+    def apply(self, target: torch.Tensor, strength: float, name: str) -> None:
+        target += strength * self.delta(target.shape).to(target.device)
 
 
 @dataclass(frozen=True, eq=False)
@@ -102,14 +106,15 @@ class WeightDiff:
 
 
 Rows = tuple[int, int] | None  # a row range of the target (q/k/v inside a fused OpenCLIP in_proj_weight)
-Part = LoraWeights | WeightDiff
+Part = LoraWeights | WeightDiff  # and lora_formats' LoHa / LoKr / DoRA / SetWeight: anything with `apply`
 
 
 @dataclass(frozen=True)
 class LoraPatch:
     """A set of weight patches for one module (the UNet, or one text encoder by role), with one strength.
 
-    `weights`: parameter name -> ((LoraWeights | WeightDiff, rows), ...); rows=None patches the whole tensor.
+    `weights`: parameter name -> ((part, rows), ...), a part being anything with `apply(target, strength, name)`
+    (LoraWeights, WeightDiff, lora_formats' adapters); rows=None patches the whole tensor.
     `uid` makes every patch object its own cache identity (its contents never change after creation).
     """
 
@@ -131,10 +136,7 @@ def apply_chain(weight: torch.Tensor, patches: Iterable[LoraPatch], name: str) -
     for patch in patches:
         for part, rows in patch.weights.get(name, ()):
             target = weight if rows is None else weight[rows[0]:rows[1]]
-            if isinstance(part, LoraWeights):
-                target += patch.strength * part.delta(target.shape).to(weight.device)
-            else:
-                part.apply(target, patch.strength, name)
+            part.apply(target, patch.strength, name)
     return weight
 
 
@@ -247,48 +249,35 @@ def _block(out: dict[str, str], d_res: str, ldm_res: str, d_attn: str, ldm_attn:
         out[d_attn] = ldm_attn
 
 
-def unet_lora_names(cfg: UNetConfig, param_names: Iterable[str]) -> dict[str, str]:
-    """kohya name (without `lora_unet_`) -> UNet weight parameter name, both diffusers-style and LDM-style names.
+def unet_diffusers_params(cfg: UNetConfig, param_names: Iterable[str]) -> dict[str, str]:
+    """diffusers module path (`down_blocks.0.attentions.0.proj_in`) -> UNet weight parameter name.
 
     Inside attention blocks (Transformer2DModel) diffusers and LDM sub-paths are identical (proj_in,
     transformer_blocks.0.attn1.to_q, ...), so only the block prefix is translated.
     """
     names = [p for p in param_names if p.endswith(".weight")]
-    result = {p[: -len(".weight")].replace(".", "_"): p for p in names}  # lora_unet_input_blocks_1_1_proj_in
     name_set = set(names)
+    out: dict[str, str] = {}
     for d, ldm in unet_diffusers_map(cfg).items():
         if ldm + ".weight" in name_set:
-            result[d.replace(".", "_")] = ldm + ".weight"
+            out[d] = ldm + ".weight"
         elif ".attentions." in d:
             for p in names:
                 if p.startswith(ldm + "."):
-                    result[(d + p[len(ldm): -len(".weight")]).replace(".", "_")] = p
+                    out[d + p[len(ldm): -len(".weight")]] = p
+    return out
+
+
+def _kohya_names(names: Iterable[str], diffusers: Mapping[str, str]) -> dict[str, str]:
+    result = {p[: -len(".weight")].replace(".", "_"): p for p in names if p.endswith(".weight")}  # LDM paths
+    result.update((d.replace(".", "_"), p) for d, p in diffusers.items())
     return result
 
 
-_LORA_SUFFIXES = {  # (up, down, mid) key suffixes of the formats we read
-    "kohya": (".lora_up.weight", ".lora_down.weight", ".lora_mid.weight"),
-    "peft": (".lora_B.weight", ".lora_A.weight", None),
-    "diffusers": ("_lora.up.weight", "_lora.down.weight", None),
-    "dot": (".lora.up.weight", ".lora.down.weight", None),
-}
-
-
-def _modules(sd: Mapping[str, torch.Tensor]) -> dict[str, LoraWeights]:
-    """Every low-rank module in a LoRA file, by module name (the key before its suffix)."""
-    found: dict[str, LoraWeights] = {}
-    for up_sfx, down_sfx, mid_sfx in _LORA_SUFFIXES.values():
-        for key in sd:
-            if not key.endswith(up_sfx):
-                continue
-            name = key[: -len(up_sfx)]
-            down = sd.get(name + down_sfx)
-            if down is None:
-                continue
-            alpha = sd.get(name + ".alpha")
-            mid = sd.get(name + mid_sfx) if mid_sfx else None
-            found[name] = LoraWeights(sd[key], down, float(alpha) if alpha is not None else None, mid)
-    return found
+def unet_lora_names(cfg: UNetConfig, param_names: Iterable[str]) -> dict[str, str]:
+    """kohya name (without `lora_unet_`) -> UNet weight parameter name, both diffusers-style and LDM-style names."""
+    names = list(param_names)
+    return _kohya_names(names, unet_diffusers_params(cfg, names))
 
 
 Target = tuple[str, Rows]  # (parameter name, row range or None)
@@ -296,38 +285,40 @@ Target = tuple[str, Rows]  # (parameter name, row range or None)
 
 def lora_patches_for(
     lora_sd: Mapping[str, torch.Tensor], targets: Mapping[str, Mapping[str, Target]]
-) -> tuple[dict[str, dict[str, tuple[tuple[LoraWeights, Rows], ...]]], list[str]]:
-    """Split a LoRA file into per-target weight maps.
+) -> tuple[dict[str, dict[str, tuple[tuple[Part, Rows], ...]]], list[str]]:
+    """Split a LoRA file (LoRA / LoCon / LoHa / LoKr / DoRA / diff / set_weight, see lora_formats) into per-target
+    weight maps.
 
     `targets`: target id ("unet", "l", "g", ...) -> {LoRA module name -> (parameter name, rows)}. Returns
-    ({target id -> {parameter name -> ((LoraWeights, rows), ...)}}, names of LoRA modules nothing matched).
+    ({target id -> {parameter name -> ((part, rows), ...)}}, keys of the file nothing used, each logged as ComfyUI
+    does: "lora key not loaded: <key>").
     """
-    modules = _modules(lora_sd)
-    result: dict[str, dict[str, tuple]] = {t: {} for t in targets}
-    unmatched = []
-    for name, lw in modules.items():
-        for target, mapping in targets.items():
-            hit = mapping.get(name)
-            if hit is not None:
-                param, rows = hit
-                result[target][param] = result[target].get(param, ()) + ((lw, rows),)
-                break
-        else:
-            unmatched.append(name)
-    for name in unmatched:
-        log.warning("lora key not loaded: %s", name)
-    return result, unmatched
+    from .lora_formats import (
+        split_lora,  # lora_formats builds on this module's patch types
+    )
+
+    return split_lora(lora_sd, targets)
 
 
 def unet_targets(cfg: UNetConfig, param_names: Iterable[str]) -> dict[str, Target]:
-    """LoRA module name -> (UNet parameter, None), for the prefixes LoRA trainers use."""
+    """LoRA module name -> (UNet parameter, None), for the names LoRA trainers use (ComfyUI's
+    model_lora_keys_unet): kohya `lora_unet_` + LDM or diffusers path, SimpleTuner `lycoris_` + diffusers path,
+    diffusers attention-processor paths (`[unet.]…attn1.processor.to_q`, `…processor.to_out`), plain diffusers /
+    PEFT module paths with or without `unet.`, and plain LDM paths (`diffusion_model.…`, biases included)."""
     names = list(param_names)
-    base = unet_lora_names(cfg, names)
-    mapping: dict[str, Target] = {f"lora_unet_{k}": (v, None) for k, v in base.items()}
+    diffusers = unet_diffusers_params(cfg, names)
+    mapping: dict[str, Target] = {f"lora_unet_{k}": (v, None) for k, v in _kohya_names(names, diffusers).items()}
+    for d, p in diffusers.items():
+        mapping[f"lycoris_{d.replace('.', '_')}"] = (p, None)
+        proc = d.replace(".to_", ".processor.to_")
+        proc = proc[: -len(".0")] if proc.endswith(".to_out.0") else proc
+        for prefix in ("", "unet."):
+            mapping[prefix + proc] = (p, None)
+            mapping.setdefault(prefix + d, (p, None))
     for p in names:  # plain LDM paths, as some trainers write them
+        stem = p.removesuffix(".weight")  # a bias keeps its full name, as in ComfyUI
+        mapping[f"diffusion_model.{stem}"] = (p, None)
         if p.endswith(".weight"):
-            stem = p[: -len(".weight")]
-            mapping[f"diffusion_model.{stem}"] = (p, None)
             mapping[f"model.diffusion_model.{stem}"] = (p, None)
     return mapping
 
@@ -335,12 +326,16 @@ def unet_targets(cfg: UNetConfig, param_names: Iterable[str]) -> dict[str, Targe
 _HF_LINEARS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj", "mlp.fc1", "mlp.fc2")
 # kohya name prefixes per (CLIP family, encoder role)
 KOHYA_TE_PREFIXES = {("sd1", "l"): ("lora_te_", "lora_te1_"), ("sd2", "h"): ("lora_te_", "lora_te1_"),
-                     ("sdxl", "l"): ("lora_te1_",), ("sdxl", "g"): ("lora_te2_",),
+                     ("sdxl", "l"): ("lora_te_", "lora_te1_"), ("sdxl", "g"): ("lora_te2_",),
                      ("sdxl_refiner", "g"): ("lora_te_", "lora_te2_")}
+# diffusers / PEFT text-encoder prefixes (`text_encoder.text_model.encoder.layers.N.self_attn.q_proj`)
+DIFFUSERS_TE_PREFIXES = {("sdxl", "g"): ("text_encoder_2.",)}  # every other encoder: "text_encoder."
 
 
-def text_encoder_targets(prefixes: Iterable[str], module: torch.nn.Module) -> dict[str, Target]:
-    """kohya `lora_te*_text_model_encoder_layers_N_<linear>` -> (parameter, rows) of a text encoder module.
+def text_encoder_targets(prefixes: Iterable[str], module: torch.nn.Module, dotted: Iterable[str] = ()
+                         ) -> dict[str, Target]:
+    """kohya `lora_te*_text_model_encoder_layers_N_<linear>` (and, for each `dotted` prefix,
+    `<prefix>text_model.encoder.layers.N.<linear>`) -> (parameter, rows) of a text encoder module.
 
     HF layout (`text_model.encoder.layers.N.self_attn.q_proj.weight`) maps one to one; the OpenCLIP layout maps
     q/k/v onto row thirds of the fused `transformer.resblocks.N.attn.in_proj_weight`, out_proj/fc1/fc2 onto
@@ -366,13 +361,18 @@ def text_encoder_targets(prefixes: Iterable[str], module: torch.nn.Module) -> di
         for lin, target in found.items():
             for prefix in prefixes:
                 mapping[f"{prefix}text_model_encoder_layers_{layer}_{lin.replace('.', '_')}"] = target
+            for prefix in dotted:
+                mapping[f"{prefix}text_model.encoder.layers.{layer}.{lin}"] = target
         layer += 1
     return mapping
 
 
 def clip_lora_targets(clip) -> dict[str, dict[str, Target]]:
     """role -> LoRA name map for every text encoder of a CLIP object (text_encoders.CLIP)."""
-    return {role: text_encoder_targets(KOHYA_TE_PREFIXES.get((clip.family, role), ("lora_te_",)), module)
+    return {role: text_encoder_targets(
+                KOHYA_TE_PREFIXES.get((clip.family, role), ("lora_te_",)), module,
+                DIFFUSERS_TE_PREFIXES.get((clip.family, role), ("text_encoder.",))
+                + (f"text_encoders.clip_{role}.transformer.",))  # ComfyUI's generic names
             for role, module in clip.modules().items()}
 
 
