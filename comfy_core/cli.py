@@ -39,6 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--front-end-root", default="auto",
                        help="web frontend build to serve at / (default: the installed comfyui-frontend-package)")
     serve.add_argument("--api-only", action="store_true", help="serve no web frontend")
+    serve.add_argument("--preview-method", choices=["none", "auto", "latent2rgb", "taesd"],
+                       help="sampling previews (default: none; taesd needs models/vae_approx/taesd*_decoder.*)")
     demo = sub.add_parser("demo", help="txt2img on a built-in random-weight demo checkpoint (no downloads)")
     demo.add_argument("--prompt", default="a photo of a cat")
     demo.add_argument("--seed", type=int, default=42)
@@ -64,6 +66,8 @@ def load_config(args: argparse.Namespace) -> EngineConfig:
         overrides["multi_user"] = True
     if getattr(args, "state_dir", None):
         overrides["state_dir"] = args.state_dir
+    if getattr(args, "preview_method", None):
+        overrides["preview_method"] = args.preview_method
     return msgspec.structs.replace(config, **overrides)
 
 

@@ -34,7 +34,8 @@ class EngineConfig(msgspec.Struct, kw_only=True):
     max_history: int = 10_000
     state_dir: str | None = None  # keep the queue and history here (SQLite) so they survive a restart
     save_metadata: bool = True  # PNG text chunks `prompt` / `workflow`
-    preview_method: str = "none"  # "none" | "latent2rgb" | "auto"
+    # "none" | "latent2rgb" | "auto" (= latent2rgb, as ComfyUI) | "taesd" (models/vae_approx/taesd*_decoder.*)
+    preview_method: str = "none"
     preview_size: int = 512
 
     @classmethod

@@ -18,6 +18,7 @@ from ..models import text_encoders
 from ..models.cache import ModelCache
 from ..models.checkpoint import default_device_dtype
 from ..models.lora import LoraPatch, clip_lora_targets, lora_patches_for, unet_targets
+from ..models.taesd import TAESD_VAES, taesd_vae
 from ..models.vae import PixelSpaceVAE
 
 log = logging.getLogger(__name__)
@@ -132,6 +133,21 @@ class PixelSpace:
     NAME = "pixel_space"
 
 
+def taesd_halves(name: str, approx_files: list[str]) -> tuple[str | None, str | None]:
+    """(encoder, decoder) file names of a TAESD family in vae_approx/ (`<name>_encoder.*`, `<name>_decoder.*`)."""
+    def first(half: str) -> str | None:
+        return next((f for f in approx_files if f.startswith(f"{name}_{half}.")), None)
+
+    return first("encoder"), first("decoder")
+
+
+def vae_choices() -> list[str]:
+    """ComfyUI's VAELoader list: vae/ files, each TAESD family with both halves in vae_approx/, then pixel_space."""
+    approx = model_files("vae_approx")
+    tiny = [name for name in TAESD_VAES if all(taesd_halves(name, approx))]
+    return model_files("vae") + tiny + [PixelSpace.NAME]
+
+
 class VAELoader:
     CATEGORY = "loaders"
     RETURN_TYPES = ("VAE",)
@@ -139,13 +155,25 @@ class VAELoader:
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
-        return {"required": {"vae_name": (model_files("vae") + [PixelSpace.NAME],)}}
+        return {"required": {"vae_name": (vae_choices(),)}}
 
     def load_vae(self, vae_name: str) -> tuple[Any]:
         if vae_name == PixelSpace.NAME:
             return (PixelSpaceVAE(),)
         device, dtype = device_dtype()
+        if vae_name in TAESD_VAES:
+            return (load_taesd_vae(vae_name, device, dtype),)
         return (model_cache().load_vae(model_path("vae", vae_name), device=device, dtype=dtype),)
+
+
+def load_taesd_vae(name: str, device: torch.device, dtype: torch.dtype) -> Any:
+    """Both TAESD halves as one cached VAE (keyed on the encoder file plus the decoder's path)."""
+    encoder, decoder = taesd_halves(name, model_files("vae_approx"))
+    if encoder is None or decoder is None:
+        raise ModelLoadError(f"Model in folder 'vae_approx' with filename '{name}_encoder/decoder' not found.")
+    enc_path, dec_path = model_path("vae_approx", encoder), model_path("vae_approx", decoder)
+    return model_cache().get_custom(enc_path, "taesd_vae", lambda: taesd_vae(
+        name, enc_path, dec_path, device=device, dtype=dtype), device=device, dtype=dtype, extra=(str(dec_path),))
 
 
 def _load_clip_files(names: list[str], clip_type: str, device_choice: str) -> Any:

@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 from .. import context
-from ..sampling.ksampler import preview_jpeg, sample_latent
+from ..sampling.ksampler import latent_previewer, sample_latent
 from ..sampling.samplers import KSAMPLER_NAMES
 from ..sampling.schedulers import SCHEDULER_NAMES
 
@@ -28,14 +28,16 @@ def attention_backend_choice() -> str | None:
 
 
 def step_reporter(model):
-    """Per-step callback: progress (an interrupt point) plus a latent2rgb preview when a client asked for one."""
+    """Per-step callback: progress (an interrupt point) plus a preview (EngineConfig.preview_method) when a client
+    asked for one; the previewer (and a TAESD decoder) is set up once per sampling run."""
     ctx = context.current()
+    previewer = None
+    if ctx.wants_previews:
+        previewer = latent_previewer(model, ctx.config.preview_method, ctx.folders, ctx.models, ctx.device,
+                                     ctx.config.preview_size)
 
     def on_step(step: int, total: int, denoised) -> None:
-        preview = None
-        if ctx.wants_previews:
-            preview = preview_jpeg(model, denoised, ctx.config.preview_size)
-        ctx.progress(step + 1, total, preview)
+        ctx.progress(step + 1, total, previewer(denoised) if previewer is not None else None)
 
     return on_step
 

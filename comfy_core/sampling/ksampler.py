@@ -3,18 +3,23 @@ scheduler → sigmas (denoise, start/end steps), conds, optional inpaint mask, s
 """
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from ..errors import ModelLoadError
 from ..kernels.attention import requested_backend
+from ..models.taesd import decode_preview, load_decoder
 from .custom import SamplerObject, sampler_object
 from .guidance import CFGDenoiser, Cond, InpaintDenoiser, prepare_conds
 from .noise import inpaint_random_noise, prepare_noise
 from .samplers import DISCARD_PENULTIMATE_SIGMA_SAMPLERS
 from .schedulers import ksampler_sigmas
+
+log = logging.getLogger(__name__)
 
 StepCallback = Callable[[int, int, torch.Tensor], None]  # (step, total, denoised x0 in model space)
 DenoiserFactory = Callable[[dict[str, list[Cond]]], Any]  # resolved conds by name -> k-diffusion denoiser
@@ -187,3 +192,59 @@ def preview_jpeg(model, x0: torch.Tensor, max_size: int = 512) -> bytes:
 
     rgb = model.latent_format.preview_rgb(x0[:1].float())[0]  # [h, w, 3] in 0..1
     return encode_preview(rgb, "JPEG", max_size)
+
+
+Previewer = Callable[[torch.Tensor], bytes]  # denoised x0 (model space) -> JPEG bytes
+
+
+def find_taesd_decoder(latent_format, folders) -> Any:
+    """The family's decoder in vae_approx/: the first listed file whose name starts with `taesd_decoder_name`
+    (as ComfyUI picks it), or None."""
+    name = latent_format.taesd_decoder_name
+    if not name:
+        return None
+    match = next((f for f in folders.list("vae_approx") if f.startswith(name)), None)
+    return folders.full_path("vae_approx", match) if match else None
+
+
+def latent_previewer(model, method: str, folders, cache=None, device: Any = None, max_size: int = 512
+                     ) -> Previewer | None:
+    """The per-step preview function for `method`, chosen once per sampling run like ComfyUI's get_previewer.
+
+    "taesd" decodes with the family's TAESD decoder (loaded once through `cache`, a ModelCache, when given) and
+    falls back to latent2rgb when the file is missing or unreadable; "auto" is latent2rgb, as in ComfyUI 0.3.x."""
+    if method == "none":
+        return None
+    if method == "taesd":
+        decoder = _taesd_decoder(model, folders, cache, device)
+        if decoder is not None:
+            return lambda x0: taesd_preview_jpeg(decoder, x0, max_size)
+    return lambda x0: preview_jpeg(model, x0, max_size)
+
+
+def _taesd_decoder(model, folders, cache, device: Any) -> Any:
+    path = find_taesd_decoder(model.latent_format, folders)
+    if path is None:
+        log.warning("TAESD previews enabled, but no models/vae_approx/%s file", model.latent_format.taesd_decoder_name)
+        return None
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+
+    def load() -> Any:
+        return load_decoder(path)[0].to(dev)
+
+    try:  # float32 whatever the engine dtype: the decoder is tiny and previews should not band
+        return cache.get_custom(path, "taesd_decoder", load, device=dev, dtype=torch.float32) if cache else load()
+    except ModelLoadError as e:
+        log.warning("TAESD previews: %s; using latent2rgb", e)
+        return None
+
+
+def taesd_preview_jpeg(decoder, x0: torch.Tensor, max_size: int = 512) -> bytes:
+    """TAESD-decoded preview of the first latent as JPEG: bytes truncated to 0..255 like ComfyUI's preview_to_image,
+    then fitted into max_size² (the decoder gives 8 pixels per latent pixel)."""
+    from PIL import Image
+
+    from ..images import encode_preview
+
+    rgb = decode_preview(decoder, x0.float())  # [8h, 8w, 3] in 0..1
+    return encode_preview(Image.fromarray(rgb.mul(255).to(torch.uint8).numpy()), "JPEG", max_size)
