@@ -186,7 +186,7 @@ def test_sharpen_kernel_sums_to_one_and_boosts_edges():
     (out,) = ops.ImageSharpen().sharpen(step, 1, 1.0, 0.5)
     g = grid_gaussian(3, 1.0).sum(0)  # column weights
     # pixel (1,1): centre weight 1 - (-5)(1 - g_c·...) -> out = x + 5·(x - blur(x)) on the row profile
-    blur = g[0] * 0.4 + g[1] * 0.4 + g[2] * 0.6
+    blur = float(g[0] * 0.4 + g[1] * 0.4 + g[2] * 0.6)
     assert out[0, 1, 1, 0].item() == pytest.approx(0.4 + 5 * (0.4 - blur), abs=1e-5)
     assert out.min() >= 0 and out.max() <= 1
 
