@@ -26,6 +26,11 @@ def test_demo_writes_checkpoint_once_and_saves_an_image(tmp_path):
     assert second.returncode == 0, second.stderr
     assert ckpt.stat().st_mtime_ns == stamp
     assert Path(second.stdout.split()[0]).name == "comfy-core-demo_00002_.png"
+    # the custom-sampling example runs on the demo checkpoint (SamplerCustomAdvanced, FreeU_V2, ImageSharpen)
+    example = cli("run", str(ROOT / "examples" / "custom_sampling.json"), "--set", "13.steps=2", cwd=tmp_path)
+    assert example.returncode == 0, example.stderr
+    (png,) = [Path(line) for line in example.stdout.split() if line.endswith(".png")]
+    assert png.name == "comfy-core-custom-sampling_00001_.png" and Image.open(png).size == (192, 192)
 
 
 def test_demo_checkpoint_is_deterministic():
