@@ -1,7 +1,11 @@
 """Node output cache keyed by input signature (a node's constants, class, IS_CHANGED value and its ancestors').
 
-Unlike ComfyUI's default "classic" cache, which forgets everything not in the current prompt, this is an LRU bounded by
-entry count, so alternating between two workflows keeps both cached (ComfyUI's `--cache-lru N` behaviour).
+Modes (`EngineConfig.cache_mode`):
+- "lru" (default): an LRU bounded by entry count, so alternating between two workflows keeps both cached
+  (ComfyUI's `--cache-lru N`).
+- "classic": ComfyUI's default: when a prompt starts, entries for signatures that are not in it are dropped, so
+  results survive only between consecutive prompts (after A, B, A the nodes of A not shared with B run again).
+- "none": nothing is kept between prompts (ComfyUI's `--cache-none`); within a prompt, results live until it ends.
 """
 from __future__ import annotations
 
@@ -17,11 +21,23 @@ class CachedResult(msgspec.Struct):
     ui: dict[str, Any] | None
 
 
+CACHE_MODES = ("lru", "classic", "none")
+
+
 class OutputCache:
-    def __init__(self, max_entries: int = 512):
-        self.max_entries = max_entries
+    def __init__(self, max_entries: int = 512, mode: str = "lru"):
+        if mode not in CACHE_MODES:
+            raise ValueError(f"cache mode must be one of {CACHE_MODES}, not {mode!r}")
+        self.max_entries, self.mode = max_entries, mode
         self._entries: OrderedDict[str, CachedResult] = OrderedDict()
         self._lock = threading.Lock()
+
+    def begin_prompt(self, keys: set[str]) -> None:
+        """A prompt whose nodes have these signatures starts: "classic" forgets every other entry."""
+        if self.mode == "classic":
+            with self._lock:
+                for key in [k for k in self._entries if k not in keys]:
+                    del self._entries[key]
 
     def get(self, key: str) -> CachedResult | None:
         with self._lock:
@@ -35,6 +51,8 @@ class OutputCache:
             return key in self._entries
 
     def put(self, key: str, result: CachedResult) -> None:
+        if self.mode == "none":
+            return
         with self._lock:
             self._entries[key] = result
             self._entries.move_to_end(key)

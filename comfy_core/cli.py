@@ -36,6 +36,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--user-directory", help="per-user workflows and settings folder (default: ./user)")
     serve.add_argument("--multi-user", action="store_true", help="separate users, picked by the Comfy-User header")
     serve.add_argument("--state-dir", help="keep the queue and history here so they survive a restart")
+    cache = serve.add_mutually_exclusive_group()
+    cache.add_argument("--cache-lru", type=int, metavar="N", help="keep up to N node results across prompts (default)")
+    cache.add_argument("--cache-classic", action="store_true",
+                       help="keep only the last prompt's results (ComfyUI's default)")
+    cache.add_argument("--cache-none", action="store_true", help="keep no node results between prompts")
     serve.add_argument("--front-end-root", default="auto",
                        help="web frontend build to serve at / (default: the installed comfyui-frontend-package)")
     serve.add_argument("--api-only", action="store_true", help="serve no web frontend")
@@ -66,6 +71,10 @@ def load_config(args: argparse.Namespace) -> EngineConfig:
         overrides["multi_user"] = True
     if getattr(args, "state_dir", None):
         overrides["state_dir"] = args.state_dir
+    if getattr(args, "cache_lru", None):
+        overrides.update(cache_mode="lru", cache_max_entries=args.cache_lru)
+    if getattr(args, "cache_classic", False) or getattr(args, "cache_none", False):
+        overrides["cache_mode"] = "classic" if args.cache_classic else "none"
     if getattr(args, "preview_method", None):
         overrides["preview_method"] = args.preview_method
     return msgspec.structs.replace(config, **overrides)

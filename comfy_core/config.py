@@ -31,6 +31,7 @@ class EngineConfig(msgspec.Struct, kw_only=True):
     cpu_model_budget_bytes: int = 12 * 1024**3
     gpu_model_budget_bytes: int = 0  # 0 = whatever the device has
     cache_max_entries: int = 512  # node output cache
+    cache_mode: str = "lru"  # "lru" | "classic" (ComfyUI's default: only the last prompt's results) | "none"
     max_history: int = 10_000
     state_dir: str | None = None  # keep the queue and history here (SQLite) so they survive a restart
     save_metadata: bool = True  # PNG text chunks `prompt` / `workflow`

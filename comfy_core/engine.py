@@ -87,7 +87,7 @@ class Engine:
         self.device = _pick_device(self.config.device)
         self.dtype = _pick_dtype(self.config.dtype, self.device)
         self.models = self._make_model_cache()
-        self.output_cache = OutputCache(self.config.cache_max_entries)
+        self.output_cache = OutputCache(self.config.cache_max_entries, self.config.cache_mode)
         self.executor = Executor(self.registry, self.output_cache)
         self._state = StateFile(self.config.state_dir) if self.config.state_dir else None
         self.history_store = (PersistentHistory(self._state, self.config.max_history) if self._state

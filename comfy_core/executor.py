@@ -82,6 +82,7 @@ class Executor:
         run.record(ExecutionStart(prompt_id=prompt_id, timestamp=now_ms()))
         self._specs = {}
         run.signatures = self._signatures(prompt, outputs, ctx)
+        self.cache.begin_prompt(set(run.signatures.values()))
         cached = {n: r for n in prompt if n in run.signatures and (r := self.cache.get(run.signatures[n])) is not None}
         run.record(ExecutionCached(nodes=list(cached), prompt_id=prompt_id, timestamp=now_ms()))
         self._forget_instances(prompt)

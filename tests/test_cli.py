@@ -91,3 +91,8 @@ def test_serve_flags_reach_the_engine_config(tmp_path):
     config = load_config(args)
     assert config.state_dir == str(tmp_path / "state") and config.multi_user
     assert config.user_dir == str(tmp_path / "u")
+    assert config.cache_mode == "lru"
+    assert load_config(build_parser().parse_args(["serve", "--cache-none"])).cache_mode == "none"
+    assert load_config(build_parser().parse_args(["serve", "--cache-classic"])).cache_mode == "classic"
+    lru = load_config(build_parser().parse_args(["serve", "--cache-lru", "64"]))
+    assert (lru.cache_mode, lru.cache_max_entries) == ("lru", 64)

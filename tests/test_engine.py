@@ -342,3 +342,26 @@ def test_cycle_through_an_undeclared_input_is_an_execution_error(engine, back_to
         engine.run(prompt, timeout=10)
     assert exc.value.details["exception_type"] == "graph.DependencyCycleError"
     assert engine.run(chain(2), timeout=10).outputs["9"]["text"] == ["13"]
+
+
+@pytest.mark.parametrize("mode, reruns_of_a", [("lru", []), ("classic", [5]), ("none", [5])])
+def test_cache_modes_after_a_b_a(tmp_path, mode, reruns_of_a):
+    """ComfyUI's cache modes: after prompts A, B, A, "classic" has forgotten A's nodes not shared with B, "none"
+    keeps nothing, and the default LRU still has them."""
+    config = EngineConfig(models_dir=str(tmp_path / "models"), input_dir=str(tmp_path / "in"),
+                          output_dir=str(tmp_path / "out"), temp_dir=str(tmp_path / "tmp"), cache_mode=mode)
+    with Engine(config) as eng:
+        eng.register_nodes(NODES)
+        eng.run(chain(5))
+        eng.run(chain(6))
+        Number.CALLS.clear()
+        assert eng.run(chain(5)).outputs["9"]["text"] == ["16"]
+        assert Number.CALLS == reruns_of_a
+        Number.CALLS.clear()
+        eng.run(chain(5))  # an identical resubmission reuses everything unless nothing is kept
+        assert Number.CALLS == ([5] if mode == "none" else [])
+
+
+def test_unknown_cache_mode_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="cache mode"):
+        Engine(EngineConfig(models_dir=str(tmp_path / "m"), cache_mode="sometimes"))
