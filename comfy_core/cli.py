@@ -11,6 +11,7 @@ import msgspec
 
 from .config import EngineConfig
 from .errors import ComfyCoreError, Interrupted, NodeExecutionError, PromptError
+from .workflow_format import is_ui_workflow
 
 
 def _add_dirs(parser: argparse.ArgumentParser) -> None:
@@ -24,8 +25,9 @@ def _add_dirs(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="comfy-core", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="run an API-format workflow JSON and print the saved files")
-    run.add_argument("workflow", help="API-format prompt, or a {'prompt': {...}} POST /prompt body")
+    run = sub.add_parser("run", help="run a workflow (API or UI format, or a ComfyUI PNG) and print the saved files")
+    run.add_argument("workflow", help="API-format prompt, a {'prompt': {...}} POST /prompt body, a UI-format "
+                     "workflow.json (converted as the web frontend does) or a PNG saved by ComfyUI")
     run.add_argument("--set", action="append", default=[], metavar="NODE.INPUT=VALUE",
                      help="override an input, e.g. --set 3.seed=42 (VALUE is JSON, else a string)")
     run.add_argument("--timeout", type=float, default=None)
@@ -80,13 +82,32 @@ def load_config(args: argparse.Namespace) -> EngineConfig:
     return msgspec.structs.replace(config, **overrides)
 
 
-def read_workflow(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(prompt, submit kwargs) from a bare API prompt or a POST /prompt body."""
-    data = msgspec.json.decode(Path(path).read_bytes())
+def read_workflow(path: str, engine=None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(prompt, submit kwargs) from an API prompt, a POST /prompt body, a UI-format workflow (converted with the
+    engine's nodes, as the frontend would queue it) or a PNG that ComfyUI saved (its prompt, else its workflow)."""
+    data = _decode_workflow_file(Path(path))
     if isinstance(data, dict) and isinstance(data.get("prompt"), dict):
         extra = {k: data[k] for k in ("client_id", "extra_data") if k in data}
         return data["prompt"], extra
+    if is_ui_workflow(data):
+        if engine is None:
+            raise ComfyCoreError(f"{path} is a UI-format workflow: converting it needs an engine")
+        # the frontend sends the workflow along, so saved images embed it
+        return engine.prompt_from_workflow(data), {"extra_data": {"extra_pnginfo": {"workflow": data}}}
     return data, {}
+
+
+def _decode_workflow_file(path: Path) -> Any:
+    raw = path.read_bytes()
+    if not raw.startswith(b"\x89PNG"):
+        return msgspec.json.decode(raw)
+    from PIL import Image
+
+    with Image.open(path) as image:
+        text = image.info.get("prompt") or image.info.get("workflow")
+    if text is None:
+        raise ComfyCoreError(f"{path} has no ComfyUI prompt or workflow in its metadata")
+    return msgspec.json.decode(text)
 
 
 def apply_overrides(prompt: dict[str, Any], assignments: list[str]) -> None:
@@ -127,9 +148,9 @@ def run_prompt(engine, prompt: dict[str, Any], submit_args: dict[str, Any], time
 def cmd_run(args: argparse.Namespace) -> int:
     from .engine import Engine
 
-    prompt, submit_args = read_workflow(args.workflow)
-    apply_overrides(prompt, args.set)
     with Engine(load_config(args)) as engine:
+        prompt, submit_args = read_workflow(args.workflow, engine)
+        apply_overrides(prompt, args.set)
         return run_prompt(engine, prompt, submit_args, args.timeout)
 
 

@@ -170,6 +170,12 @@ class Engine:
                 return self.registry.all_info()
             return {node_class: self.registry.info(node_class)} if node_class in self.registry else {}
 
+    def prompt_from_workflow(self, workflow: dict[str, Any]) -> dict[str, Any]:
+        """The API prompt ComfyUI's frontend would queue for a UI-format workflow (see `workflow_format`)."""
+        from .workflow_format import workflow_to_prompt
+
+        return workflow_to_prompt(workflow, self.object_info())
+
     # -- submitting ----------------------------------------------------------------------------------------------
     def validate(self, prompt: Any, partial_execution_targets: list[str] | None = None):
         """Decode + validate; returns `ValidPrompt` or raises `PromptError` with ComfyUI's 400 body."""
