@@ -42,6 +42,26 @@ def object_info(engine):
     return engine.object_info()
 
 
+def widget_signature(spec: dict) -> list:
+    """The parts of a node's schema the conversion depends on: its inputs in order, which are widgets, which have a
+    control value, which are socket-only or prompt text."""
+    rows = []
+    for section in ("required", "optional"):
+        entries = (spec.get("input") or {}).get(section) or {}
+        for name in (spec.get("input_order") or {}).get(section) or list(entries):
+            kind, options = entries[name][0], (entries[name][1:2] or [{}])[0] or {}
+            rows.append([section, name, "COMBO" if isinstance(kind, list) else kind,
+                         *(bool(options.get(k)) for k in ("control_after_generate", "forceInput", "dynamicPrompts"))])
+    return [spec.get("display_name"), rows]
+
+
+def test_engine_object_info_matches_what_the_browser_got(object_info):
+    """The fixtures were made against the server's /object_info; the engine must still describe those nodes alike."""
+    served = json.loads((DATA.parent / "ui_workflows_widgets.json").read_text())
+    assert {"KSampler", "KSamplerAdvanced", "LoadImage", "CLIPTextEncode", "RegexReplace"} <= set(served)
+    assert {name: widget_signature(object_info[name]) for name in served} == served
+
+
 def load(case: str) -> dict:
     return json.loads((DATA / f"{case}.json").read_text())
 

@@ -24,6 +24,7 @@ from playwright.sync_api import sync_playwright
 from comfy_core.demo import ensure_demo_checkpoint
 
 OUT = TESTS / "data" / "ui_workflows"
+SIGNATURES = TESTS / "data" / "ui_workflows_widgets.json"
 UPLOADED = "uploaded_cat.png"
 
 # Helpers every case can use: nodes by type, widgets by name, links by input name.
@@ -136,6 +137,21 @@ def write_input_image(engine) -> None:
     path.write_bytes(data.getvalue())
 
 
+def write_widget_signatures(object_info: dict) -> None:
+    """What the conversion reads of each node class the fixtures use, as the browser got it from the server: the
+    test checks that the engine's object_info still says the same."""
+    from test_workflow_format import widget_signature
+
+    used = set()
+    for path in OUT.glob("*.json"):
+        workflow = json.loads(path.read_text())["workflow"]
+        graphs = [workflow, *(workflow.get("definitions") or {}).get("subgraphs", [])]
+        used |= {n["type"] for g in graphs for n in g["nodes"] if n["type"] in object_info}
+    signatures = {name: widget_signature(object_info[name]) for name in sorted(used)}
+    lines = [f" {json.dumps(name)}: {json.dumps(signature)}" for name, signature in signatures.items()]
+    SIGNATURES.write_text("{\n" + ",\n".join(lines) + "\n}\n")
+
+
 def generate(selected: list[str]) -> None:
     root = Path(tempfile.mkdtemp(prefix="ui-workflows-"))
     engine = make_engine(root)
@@ -149,6 +165,7 @@ def generate(selected: list[str]) -> None:
             page = browser.new_context(viewport={"width": 1920, "height": 1080}).new_page()
             page.goto(url + "/")
             page.wait_for_function("() => window.app && window.app.graph && window.app.canvas", timeout=30000)
+            served = page.evaluate("async () => (await fetch('/api/object_info')).json()")
             for name in selected:
                 script = f"""async ([ckpt, image]) => {{ {PRELUDE} {CASES[name]}
                     G().setDirtyCanvas(true, true);
@@ -159,6 +176,7 @@ def generate(selected: list[str]) -> None:
                 pair = {"workflow": workflow, "prompt": result["output"]}
                 (OUT / f"{name}.json").write_text(json.dumps(pair, indent=1) + "\n")
                 print(name, len(result["output"]), "nodes")
+            write_widget_signatures(served)  # after the cases: it lists the node classes they use
             browser.close()
     finally:
         engine.close()
