@@ -69,7 +69,8 @@ def load(case: str) -> dict:
 def test_the_fixtures_cover_the_brief():
     assert {"default_txt2img", "reroute_nodes", "primitive_node_seed", "muted_and_bypassed", "converted_widget_linked",
             "load_image_upload", "ksampler_advanced", "optional_inputs_unset", "subgraph",
-            "nested_subgraph_bypass_inside", "subgraph_widget_input", "dynamic_prompt_comments"} <= set(CASES)
+            "nested_subgraph_bypass_inside", "subgraph_widget_input", "dynamic_prompt_comments",
+            "legacy_converted_widgets"} <= set(CASES)
 
 
 @pytest.mark.parametrize("case", CASES)

@@ -102,6 +102,7 @@ CASES = {
         const ks = byType('KSampler'), dec = byType('VAEDecode');
         const res = G().convertToSubgraph(new Set([ks, dec]));
         res.node.title = 'Sample and decode';""",
+    "legacy_converted_widgets": "",  # hand-written: see legacy_workflow()
     "dynamic_prompt_comments": """await defaults(ckpt);
         set(byType('CLIPTextEncode', 1), 'text', 'a cat // not this\\n/* nor this */ on a \\\\{red\\\\} mat, {only}');
         add('Note', [0, 900]).widgets[0].value = 'a note';
@@ -126,6 +127,26 @@ CASES = {
 RELOAD = """async (workflow) => {
     await window.app.loadGraphData(workflow);
     const r = await window.app.graphToPrompt(); return JSON.parse(JSON.stringify(r)); }"""
+
+
+def legacy_workflow() -> dict:
+    """The default graph as an older frontend saved it: widgets "converted to inputs" (a linked seed fed by a
+    PrimitiveNode, an unlinked steps), version 0.4, no ids: written here, then loaded by the real UI."""
+    workflow = json.loads((OUT / "default_txt2img.json").read_text())["workflow"]
+    for key in ("id", "revision"):
+        workflow.pop(key, None)
+    workflow["version"] = 0.4
+    sampler = next(n for n in workflow["nodes"] if n["type"] == "KSampler")
+    sampler["inputs"] += [{"name": "seed", "type": "INT", "widget": {"name": "seed"}, "link": 10},
+                          {"name": "steps", "type": "INT", "widget": {"name": "steps"}, "link": None}]
+    workflow["nodes"].append({"id": 10, "type": "PrimitiveNode", "pos": [0, 700], "size": [300, 80], "flags": {},
+                              "order": 0, "mode": 0, "title": "seed",
+                              "properties": {"Run widget replace on values": False},
+                              "outputs": [{"name": "INT", "type": "INT", "links": [10], "widget": {"name": "seed"}}],
+                              "widgets_values": [42, "fixed"]})
+    workflow["links"].append([10, 10, 0, sampler["id"], len(sampler["inputs"]) - 2, "INT"])
+    workflow["last_node_id"], workflow["last_link_id"] = 10, 10
+    return workflow
 
 
 def write_input_image(engine) -> None:
@@ -170,7 +191,8 @@ def generate(selected: list[str]) -> None:
                 script = f"""async ([ckpt, image]) => {{ {PRELUDE} {CASES[name]}
                     G().setDirtyCanvas(true, true);
                     const r = await window.app.graphToPrompt(); return JSON.parse(JSON.stringify(r)); }}"""
-                workflow = page.evaluate(script, [ckpt, UPLOADED])["workflow"]
+                workflow = (legacy_workflow() if name == "legacy_converted_widgets"
+                            else page.evaluate(script, [ckpt, UPLOADED])["workflow"])
                 # what a user does with a saved file: load it into the UI, then queue it
                 result = page.evaluate(RELOAD, workflow)
                 pair = {"workflow": workflow, "prompt": result["output"]}
