@@ -7,6 +7,7 @@ Key layouts recognised (the same weights under different names, mapped onto esrg
 - BasicSR / Real-ESRGAN: `conv_first`, `body.N.rdbK.convJ`, `conv_body`, `conv_up1..`, `conv_hr`, `conv_last`.
 - BSRGAN / older BasicSR: `conv_first`, `RRDB_trunk.N.RDBk.convj`, `trunk_conv`, `upconv1..`, `HRconv`, `conv_last`.
 - SRVGGNetCompact: `body.0` conv, `body.1` PReLU, ... , `body.<2n+2>` last conv with out·scale² channels.
+- SPAN: `conv_1.sk`, `block_N.c1_r.{sk,conv.K,eval_conv}`, `conv_cat`, `conv_2`, `upsampler.0` (upscale_span.py).
 
 .pth/.pt files are unpickled with `torch.load(weights_only=True)` (no code runs); training wrappers (`params_ema`,
 `params`, `state_dict`, ...) and a DataParallel `module.` prefix are removed, as spandrel (ComfyUI's loader) does.
@@ -25,19 +26,23 @@ from torch import nn
 from ..errors import ModelLoadError
 from .esrgan import CompactConfig, RRDBConfig, RRDBNet, SRVGGNetCompact
 from .state_dict import RenamedView, StateDict, TensorDict, materialize, open_state_dict
+from .upscale_span import SPAN, SPANConfig, detect_span
 
 _WRAPPER_KEYS = ("params_ema", "params-ema", "params", "state_dict", "model", "net")
 _KNOWN = ("ESRGAN old (model.0.weight, model.1.sub.0.RDB1.conv1.0.weight), "
           "Real-ESRGAN/BasicSR (conv_first.weight, body.0.rdb1.conv1.weight, conv_body.weight, conv_last.weight), "
           "BSRGAN (conv_first.weight, RRDB_trunk.0.RDB1.conv1.weight, trunk_conv.weight, conv_last.weight), "
-          "SRVGGNetCompact (body.0.weight, body.1.weight as PReLU)")
+          "SRVGGNetCompact (body.0.weight, body.1.weight as PReLU), "
+          "SPAN (conv_1.sk.weight, block_1.c1_r.sk.weight, conv_cat.weight, upsampler.0.weight)")
+_NETS = {RRDBConfig: RRDBNet, CompactConfig: SRVGGNetCompact, SPANConfig: SPAN}  # config type -> network class
+UpscaleConfig = RRDBConfig | CompactConfig | SPANConfig
 
 
 @dataclass(frozen=True)
 class Detected:
-    architecture: str  # "ESRGAN" | "SRVGGNetCompact"
-    layout: str  # "esrgan_old" | "basicsr" | "bsrgan" | "compact"
-    config: RRDBConfig | CompactConfig
+    architecture: str  # "ESRGAN" | "SRVGGNetCompact" | "SPAN"
+    layout: str  # "esrgan_old" | "basicsr" | "bsrgan" | "compact" | "span" | "span_deployed"
+    config: UpscaleConfig
     tensors: RenamedView  # the file's tensors under the canonical names
 
 
@@ -153,6 +158,12 @@ def _detect_compact(sd: StateDict) -> Detected:
                     RenamedView(sd, names))
 
 
+def _detect_span(sd: StateDict) -> Detected:
+    config = detect_span(sd)
+    names = {k: k for k in sd if k != "no_norm" and (config.deployed or ".eval_conv." not in k)}
+    return Detected("SPAN", "span_deployed" if config.deployed else "span", config, RenamedView(sd, names))
+
+
 def detect_upscaler(sd: StateDict) -> Detected:
     """The architecture, layout and size of an upscale model's tensors; ModelLoadError when none fits."""
     if "model.0.weight" in sd and "model.1.sub.0.RDB1.conv1.0.weight" in sd:
@@ -163,6 +174,8 @@ def detect_upscaler(sd: StateDict) -> Detected:
         return _detect_new(sd, "bsrgan")
     if "body.0.weight" in sd and "body.1.weight" in sd and len(sd.shape("body.1.weight")) == 1:
         return _detect_compact(sd)
+    if "conv_1.sk.weight" in sd or "conv_1.eval_conv.weight" in sd:
+        return _detect_span(sd)
     sample = ", ".join(list(sd)[:5]) or "no tensors"
     raise ModelLoadError(f"unknown upscale model layout (keys: {sample}); supported: {_KNOWN}")
 
@@ -199,9 +212,8 @@ class UpscaleModel:
 
 def build_upscaler(found: Detected, *, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
                    source: str = "upscale model") -> UpscaleModel:
-    config = found.config
-    factory = (lambda: RRDBNet(config)) if isinstance(config, RRDBConfig) else (lambda: SRVGGNetCompact(config))
-    net = materialize(factory, found.tensors, dtype=dtype, device=device, source=source, what=found.architecture)
+    net_class = _NETS[type(found.config)]
+    net = materialize(lambda: net_class(found.config), found.tensors, dtype=dtype, device=device, source=source, what=found.architecture)
     return UpscaleModel(net, found, source)
 
 
