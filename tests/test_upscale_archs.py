@@ -215,3 +215,274 @@ def test_span_workflow(tmp_path):
     x = torch.from_numpy(pixels).float().div(255).permute(2, 0, 1)[None]
     ref = _to_png_values(reference_span(sd, x, 2))
     assert np.abs(got - ref).max() <= 1
+
+
+# -- SwinIR -------------------------------------------------------------------------------------------------------------
+
+def _ref_rel_index(ws: int) -> torch.Tensor:
+    """Loop version: token t = y·ws + x; offset (dy, dx) -> (dy + ws − 1)·(2ws − 1) + dx + ws − 1."""
+    n = ws * ws
+    idx = torch.zeros(n, n, dtype=torch.long)
+    for a in range(n):
+        for b in range(n):
+            dy, dx = a // ws - b // ws, a % ws - b % ws
+            idx[a, b] = (dy + ws - 1) * (2 * ws - 1) + dx + ws - 1
+    return idx
+
+
+def swinir_weights(*, in_nc=3, dim=8, depths=(2, 2), heads=(2, 2), ws=4, hidden=16, kind="pixelshuffle", scale=2,
+                   nf=8, resi="1conv", out_nc=None, seed=0, img_size=16) -> dict[str, torch.Tensor]:
+    """Random weights under SwinIR's real names, with the stored index / mask buffers real files carry."""
+    g = torch.Generator().manual_seed(seed)
+    out_nc = out_nc or in_nc
+    sd: dict[str, torch.Tensor] = {}
+
+    def conv(name: str, cin: int, cout: int, k: int = 3) -> None:
+        sd[f"{name}.weight"] = torch.randn(cout, cin, k, k, generator=g) / (k * cin ** 0.5)
+        sd[f"{name}.bias"] = torch.randn(cout, generator=g) * 0.05
+
+    def linear(name: str, cin: int, cout: int) -> None:
+        sd[f"{name}.weight"] = torch.randn(cout, cin, generator=g) / cin ** 0.5
+        sd[f"{name}.bias"] = torch.randn(cout, generator=g) * 0.05
+
+    def norm(name: str, c: int) -> None:
+        sd[f"{name}.weight"] = 1 + 0.1 * torch.randn(c, generator=g)
+        sd[f"{name}.bias"] = 0.1 * torch.randn(c, generator=g)
+
+    def body_conv(name: str) -> None:
+        if resi == "1conv":
+            conv(name, dim, dim)
+        else:
+            conv(f"{name}.0", dim, dim // 4)
+            conv(f"{name}.2", dim // 4, dim // 4, 1)
+            conv(f"{name}.4", dim // 4, dim)
+
+    conv("conv_first", in_nc, dim)
+    norm("patch_embed.norm", dim)
+    for i, (depth, h) in enumerate(zip(depths, heads, strict=True)):
+        for j in range(depth):
+            p = f"layers.{i}.residual_group.blocks.{j}"
+            norm(f"{p}.norm1", dim)
+            sd[f"{p}.attn.relative_position_bias_table"] = torch.randn((2 * ws - 1) ** 2, h, generator=g)
+            sd[f"{p}.attn.relative_position_index"] = _ref_rel_index(ws)
+            linear(f"{p}.attn.qkv", dim, 3 * dim)
+            linear(f"{p}.attn.proj", dim, dim)
+            norm(f"{p}.norm2", dim)
+            linear(f"{p}.mlp.fc1", dim, hidden)
+            linear(f"{p}.mlp.fc2", hidden, dim)
+            if j % 2:
+                sd[f"{p}.attn_mask"] = torch.zeros((img_size // ws) ** 2, ws * ws, ws * ws)
+        body_conv(f"layers.{i}.conv")
+    norm("norm", dim)
+    body_conv("conv_after_body")
+    if kind in ("pixelshuffle", "nearest+conv"):
+        conv("conv_before_upsample.0", dim, nf)
+    if kind == "pixelshuffle":
+        steps = [9] if scale == 3 else [4] * (scale.bit_length() - 1)
+        for k, r2 in enumerate(steps):
+            conv(f"upsample.{2 * k}", nf, r2 * nf)
+        conv("conv_last", nf, out_nc)
+    elif kind == "pixelshuffledirect":
+        conv("upsample.0", dim, out_nc * scale * scale)
+    elif kind == "nearest+conv":
+        for k in range(1, scale.bit_length()):
+            conv(f"conv_up{k}", nf, nf)
+        conv("conv_hr", nf, nf)
+        conv("conv_last", nf, out_nc)
+    else:
+        conv("conv_last", dim, out_nc)
+    return sd
+
+
+def _ln(x: torch.Tensor, sd: dict, name: str) -> torch.Tensor:
+    mu = x.mean(-1, keepdim=True)
+    var = ((x - mu) ** 2).mean(-1, keepdim=True)
+    return (x - mu) / torch.sqrt(var + 1e-5) * sd[f"{name}.weight"] + sd[f"{name}.bias"]
+
+
+def _lin(x: torch.Tensor, sd: dict, name: str) -> torch.Tensor:
+    return x @ sd[f"{name}.weight"].T + sd[f"{name}.bias"]
+
+
+def _region(i: int, size: int, ws: int, s: int) -> int:
+    return 0 if i < size - ws else (1 if i < size - s else 2)
+
+
+def ref_attention(sd: dict, p: str, tokens: torch.Tensor, heads: int, ws: int, allowed: torch.Tensor) -> torch.Tensor:
+    """One window [N,C]: softmax(q·kᵀ/√d + table bias, −100 where `allowed` is false)·v per head, then proj."""
+    n, c = tokens.shape
+    d = c // heads
+    qkv = _lin(tokens, sd, f"{p}.attn.qkv")  # [N, 3C] as (q | k | v), each split into heads
+    table, idx = sd[f"{p}.attn.relative_position_bias_table"], _ref_rel_index(ws)
+    outs = []
+    for hd in range(heads):
+        q = qkv[:, hd * d:(hd + 1) * d]
+        k = qkv[:, c + hd * d:c + (hd + 1) * d]
+        v = qkv[:, 2 * c + hd * d:2 * c + (hd + 1) * d]
+        logits = q @ k.T / d ** 0.5 + table[idx, hd] + torch.where(allowed, 0.0, -100.0)
+        outs.append(torch.softmax(logits, -1) @ v)
+    return _lin(torch.cat(outs, -1), sd, f"{p}.attn.proj")
+
+
+def ref_block(sd: dict, p: str, x: torch.Tensor, heads: int, ws: int, shift: int) -> torch.Tensor:
+    """x [H,W,C] (one image): shifted-window attention window by window, then the MLP."""
+    h, w, c = x.shape
+    y = torch.roll(_ln(x, sd, f"{p}.norm1"), (-shift, -shift), (0, 1))
+    out = torch.zeros_like(y)
+    for wy in range(0, h, ws):
+        for wx in range(0, w, ws):
+            coords = [(wy + a, wx + b) for a in range(ws) for b in range(ws)]
+            labels = torch.tensor([(_region(yy, h, ws, shift) * 3 + _region(xx, w, ws, shift)) if shift else 0
+                                   for yy, xx in coords])
+            tokens = torch.stack([y[yy, xx] for yy, xx in coords])
+            att = ref_attention(sd, p, tokens, heads, ws, labels[:, None] == labels[None, :])
+            for t, (yy, xx) in enumerate(coords):
+                out[yy, xx] = att[t]
+    x = x + torch.roll(out, (shift, shift), (0, 1))
+    m = _lin(F.gelu(_lin(_ln(x, sd, f"{p}.norm2"), sd, f"{p}.mlp.fc1")), sd, f"{p}.mlp.fc2")
+    return x + m
+
+
+def _ref_body_conv(sd: dict, name: str, x: torch.Tensor, resi: str) -> torch.Tensor:
+    if resi == "1conv":
+        return F.conv2d(x, sd[f"{name}.weight"], sd[f"{name}.bias"], padding=1)
+    y = F.leaky_relu(F.conv2d(x, sd[f"{name}.0.weight"], sd[f"{name}.0.bias"], padding=1), 0.2)
+    y = F.leaky_relu(F.conv2d(y, sd[f"{name}.2.weight"], sd[f"{name}.2.bias"]), 0.2)
+    return F.conv2d(y, sd[f"{name}.4.weight"], sd[f"{name}.4.bias"], padding=1)
+
+
+def reference_swinir(sd: dict, x: torch.Tensor, *, depths, heads, ws, kind, scale, resi="1conv",
+                     img_range=1.0) -> torch.Tensor:
+    def conv(name: str, t: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(t, sd[f"{name}.weight"], sd[f"{name}.bias"], padding=sd[f"{name}.weight"].shape[-1] // 2)
+
+    h0, w0 = x.shape[-2:]
+    x = F.pad(x, (0, -w0 % ws, 0, -h0 % ws), mode="reflect")
+    mean = MEAN if x.shape[1] == 3 else torch.zeros(1, 1, 1, 1)
+    x = (x - mean) * img_range
+    first = conv("conv_first", x)
+    outs = []
+    for b in range(x.shape[0]):
+        t = _ln(first[b].permute(1, 2, 0), sd, "patch_embed.norm")  # [H,W,C]
+        for i, (depth, nh) in enumerate(zip(depths, heads, strict=True)):
+            y = t
+            for j in range(depth):
+                y = ref_block(sd, f"layers.{i}.residual_group.blocks.{j}", y, nh, ws, (j % 2) * (ws // 2))
+            t = _ref_body_conv(sd, f"layers.{i}.conv", y.permute(2, 0, 1)[None], resi)[0].permute(1, 2, 0) + t
+        outs.append(_ln(t, sd, "norm").permute(2, 0, 1))
+    feat = _ref_body_conv(sd, "conv_after_body", torch.stack(outs), resi) + first
+    if kind == "pixelshuffle":
+        y = F.leaky_relu(conv("conv_before_upsample.0", feat), 0.01)
+        steps = [3] if scale == 3 else [2] * (scale.bit_length() - 1)
+        for k, r in enumerate(steps):
+            y = _shuffle(conv(f"upsample.{2 * k}", y), r)
+        out = conv("conv_last", y)
+    elif kind == "pixelshuffledirect":
+        out = _shuffle(conv("upsample.0", feat), scale)
+    elif kind == "nearest+conv":
+        y = F.leaky_relu(conv("conv_before_upsample.0", feat), 0.01)
+        for k in range(1, scale.bit_length()):
+            y = F.leaky_relu(conv(f"conv_up{k}", y.repeat_interleave(2, -2).repeat_interleave(2, -1)), 0.2)
+        out = conv("conv_last", F.leaky_relu(conv("conv_hr", y), 0.2))
+    else:
+        out = x + conv("conv_last", feat)
+    return (out / img_range + mean)[..., : h0 * scale, : w0 * scale]
+
+
+SWIN_CASES = {
+    "ps_x2": dict(kind="pixelshuffle", scale=2),
+    "ps_x4_3conv": dict(kind="pixelshuffle", scale=4, resi="3conv"),
+    "ps_x3": dict(kind="pixelshuffle", scale=3, depths=(3,), heads=(4,)),
+    "direct_x2": dict(kind="pixelshuffledirect", scale=2, depths=(2,), heads=(1,)),
+    "nearest_x4": dict(kind="nearest+conv", scale=4),
+    "nearest_x2_gray": dict(kind="nearest+conv", scale=2, in_nc=1, depths=(2,), heads=(2,)),
+    "restore_w7": dict(kind="", scale=1, ws=7, depths=(2,), heads=(2,)),
+}
+
+
+@pytest.mark.parametrize("case", list(SWIN_CASES))
+def test_swinir_detection(case):
+    args = {"depths": (2, 2), "heads": (2, 2), "ws": 4, "resi": "1conv", "in_nc": 3, **SWIN_CASES[case]}
+    found = detect_upscaler(TensorDict(swinir_weights(**args)))
+    c = found.config
+    assert found.architecture == "SwinIR"
+    assert found.layout == (args["kind"] or "restoration")
+    assert (c.upsampler, c.scale, c.window, c.depths, c.heads) == (args["kind"], args["scale"], args["ws"],
+                                                                  args["depths"], args["heads"])
+    assert (c.in_nc, c.out_nc, c.embed_dim, c.mlp_hidden, c.resi) == (args["in_nc"], args["in_nc"], 8, 16,
+                                                                     args["resi"])
+    assert c.img_range == (255.0 if args["ws"] == 7 else 1.0)
+    if args["kind"] in ("pixelshuffle", "nearest+conv"):
+        assert c.num_feat == 8
+
+
+def test_swinir_shifted_block_matches_hand_written_attention():
+    from comfy_core.models.upscale_swinir import SwinBlock
+    sd = swinir_weights(depths=(2,), heads=(2,), ws=4, seed=4)
+    for shift in (0, 2):
+        p = f"layers.0.residual_group.blocks.{shift // 2}"
+        block = SwinBlock(8, 2, 4, 16, shift)
+        block.load_state_dict({k[len(p) + 1:]: v for k, v in sd.items() if k.startswith(p + ".")
+                               and not k.endswith(("relative_position_index", "attn_mask"))})
+        x = torch.randn(8, 12, 8)
+        with torch.no_grad():
+            got = block(x[None])[0]
+        assert torch.allclose(got, ref_block(sd, p, x, 2, 4, shift), atol=1e-5)
+
+
+@pytest.mark.parametrize("case", list(SWIN_CASES))
+def test_swinir_forward_matches_reference(case, tmp_path):
+    args = {"depths": (2, 2), "heads": (2, 2), "ws": 4, "resi": "1conv", "in_nc": 3, **SWIN_CASES[case]}
+    sd = swinir_weights(**args, seed=len(case))
+    save_file(sd, str(tmp_path / "swin.safetensors"))
+    model = load_upscale_model(tmp_path / "swin.safetensors")
+    hw = (9, 10) if args["ws"] == 7 else (9, 7)  # odd sizes: padded to the window, cropped back
+    x = torch.rand(2, args["in_nc"], *hw)
+    with torch.no_grad():
+        got = model(x)
+    s = args["scale"]
+    assert got.shape == (2, args["in_nc"], hw[0] * s, hw[1] * s)
+    ref = reference_swinir(sd, x, depths=args["depths"], heads=args["heads"], ws=args["ws"], kind=args["kind"],
+                           scale=s, resi=args["resi"], img_range=255.0 if args["ws"] == 7 else 1.0)
+    assert torch.allclose(got, ref, rtol=1e-4, atol=1e-4 * ref.abs().max().item())
+
+
+def test_swinir_padding_changes_nothing_inside_a_window_multiple():
+    """A 8×8 image needs no padding: the crop is a no-op and the output is exactly the ×2 size."""
+    sd = swinir_weights(seed=9)
+    model = built(sd)
+    x = torch.rand(1, 3, 8, 8)
+    with torch.no_grad():
+        got = model(x)
+    ref = reference_swinir(sd, x, depths=(2, 2), heads=(2, 2), ws=4, kind="pixelshuffle", scale=2)
+    assert got.shape == (1, 3, 16, 16) and torch.allclose(got, ref, atol=1e-4)
+
+
+def test_swinir_partial_and_unsupported_files_are_model_load_errors(tmp_path):
+    sd = swinir_weights()
+    partial = {k: v for k, v in sd.items() if not k.startswith("layers.1.residual_group.blocks.1.mlp.fc2")}
+    with pytest.raises(ModelLoadError, match="mlp.fc2"):
+        built(partial)
+    no_table = {k: v for k, v in sd.items() if "layers.1.residual_group.blocks.0.attn.relative_position" not in k}
+    with pytest.raises(ModelLoadError, match="relative_position_bias_table"):
+        detect_upscaler(TensorDict(no_table))
+    odd = dict(sd, **{"layers.0.residual_group.blocks.0.attn.relative_position_bias_table": torch.zeros(50, 2)})
+    with pytest.raises(ModelLoadError, match="bias_table"):
+        detect_upscaler(TensorDict(odd))
+    ape = dict(sd, absolute_pos_embed=torch.zeros(1, 256, 8))
+    with pytest.raises(ModelLoadError, match="absolute position"):
+        detect_upscaler(TensorDict(ape))
+    torch.save({"params_ema": partial}, tmp_path / "bad.pth")
+    with pytest.raises(ModelLoadError, match="bad.pth"):
+        load_upscale_model(tmp_path / "bad.pth")
+
+
+def test_swinir_workflow(tmp_path):
+    sd = swinir_weights(kind="nearest+conv", scale=2, depths=(2,), heads=(2,), seed=12)
+    for k in ("conv_last.weight", "conv_last.bias"):
+        sd[k] = sd[k] * 0.05
+    pixels, got = _run_upscale_workflow(tmp_path, "swinir_x2.safetensors", sd, (11, 9))
+    assert got.shape == (22, 18, 3)
+    x = torch.from_numpy(pixels).float().div(255).permute(2, 0, 1)[None]
+    ref = _to_png_values(reference_swinir(sd, x, depths=(2,), heads=(2,), ws=4, kind="nearest+conv", scale=2))
+    assert np.abs(got - ref).max() <= 1

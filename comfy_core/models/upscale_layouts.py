@@ -7,6 +7,8 @@ Key layouts recognised (the same weights under different names, mapped onto esrg
 - BasicSR / Real-ESRGAN: `conv_first`, `body.N.rdbK.convJ`, `conv_body`, `conv_up1..`, `conv_hr`, `conv_last`.
 - BSRGAN / older BasicSR: `conv_first`, `RRDB_trunk.N.RDBk.convj`, `trunk_conv`, `upconv1..`, `HRconv`, `conv_last`.
 - SRVGGNetCompact: `body.0` conv, `body.1` PReLU, ... , `body.<2n+2>` last conv with out·scale² channels.
+- SwinIR: `conv_first`, `layers.i.residual_group.blocks.j.{norm1,attn.qkv,...}`, `conv_after_body`, `upsample.K` /
+  `conv_up1..` / `conv_last` by reconstruction kind (upscale_swinir.py).
 - SPAN: `conv_1.sk`, `block_N.c1_r.{sk,conv.K,eval_conv}`, `conv_cat`, `conv_2`, `upsampler.0` (upscale_span.py).
 
 .pth/.pt files are unpickled with `torch.load(weights_only=True)` (no code runs); training wrappers (`params_ema`,
@@ -27,21 +29,23 @@ from ..errors import ModelLoadError
 from .esrgan import CompactConfig, RRDBConfig, RRDBNet, SRVGGNetCompact
 from .state_dict import RenamedView, StateDict, TensorDict, materialize, open_state_dict
 from .upscale_span import SPAN, SPANConfig, detect_span
+from .upscale_swinir import SwinIR, SwinIRConfig, detect_swinir
 
 _WRAPPER_KEYS = ("params_ema", "params-ema", "params", "state_dict", "model", "net")
 _KNOWN = ("ESRGAN old (model.0.weight, model.1.sub.0.RDB1.conv1.0.weight), "
           "Real-ESRGAN/BasicSR (conv_first.weight, body.0.rdb1.conv1.weight, conv_body.weight, conv_last.weight), "
           "BSRGAN (conv_first.weight, RRDB_trunk.0.RDB1.conv1.weight, trunk_conv.weight, conv_last.weight), "
           "SRVGGNetCompact (body.0.weight, body.1.weight as PReLU), "
-          "SPAN (conv_1.sk.weight, block_1.c1_r.sk.weight, conv_cat.weight, upsampler.0.weight)")
-_NETS = {RRDBConfig: RRDBNet, CompactConfig: SRVGGNetCompact, SPANConfig: SPAN}  # config type -> network class
-UpscaleConfig = RRDBConfig | CompactConfig | SPANConfig
+          "SPAN (conv_1.sk.weight, block_1.c1_r.sk.weight, conv_cat.weight, upsampler.0.weight), "
+          "SwinIR (conv_first.weight, layers.0.residual_group.blocks.0.norm1.weight, conv_after_body.weight)")
+_NETS = {RRDBConfig: RRDBNet, CompactConfig: SRVGGNetCompact, SPANConfig: SPAN, SwinIRConfig: SwinIR}
+UpscaleConfig = RRDBConfig | CompactConfig | SPANConfig | SwinIRConfig
 
 
 @dataclass(frozen=True)
 class Detected:
-    architecture: str  # "ESRGAN" | "SRVGGNetCompact" | "SPAN"
-    layout: str  # "esrgan_old" | "basicsr" | "bsrgan" | "compact" | "span" | "span_deployed"
+    architecture: str  # "ESRGAN" | "SRVGGNetCompact" | "SPAN" | "SwinIR"
+    layout: str  # "esrgan_old" | "basicsr" | "bsrgan" | "compact" | "span" | "span_deployed" | SwinIR's upsampler
     config: UpscaleConfig
     tensors: RenamedView  # the file's tensors under the canonical names
 
@@ -164,6 +168,12 @@ def _detect_span(sd: StateDict) -> Detected:
     return Detected("SPAN", "span_deployed" if config.deployed else "span", config, RenamedView(sd, names))
 
 
+def _detect_swinir(sd: StateDict) -> Detected:
+    config = detect_swinir(sd)
+    names = {k: k for k in sd if not k.endswith((".relative_position_index", ".attn_mask"))}  # recomputed buffers
+    return Detected("SwinIR", config.upsampler or "restoration", config, RenamedView(sd, names))
+
+
 def detect_upscaler(sd: StateDict) -> Detected:
     """The architecture, layout and size of an upscale model's tensors; ModelLoadError when none fits."""
     if "model.0.weight" in sd and "model.1.sub.0.RDB1.conv1.0.weight" in sd:
@@ -174,6 +184,8 @@ def detect_upscaler(sd: StateDict) -> Detected:
         return _detect_new(sd, "bsrgan")
     if "body.0.weight" in sd and "body.1.weight" in sd and len(sd.shape("body.1.weight")) == 1:
         return _detect_compact(sd)
+    if "layers.0.residual_group.blocks.0.norm1.weight" in sd:
+        return _detect_swinir(sd)
     if "conv_1.sk.weight" in sd or "conv_1.eval_conv.weight" in sd:
         return _detect_span(sd)
     sample = ", ".join(list(sd)[:5]) or "no tensors"
