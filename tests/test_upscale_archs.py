@@ -103,6 +103,7 @@ def test_span_detection(in_nc, out_nc, scale):
 
 def test_span_conv3xc_fusion_equals_the_training_path():
     """Fused 3×3 conv == zero-pad the input → 1×1 → 3×3 → 1×1, plus the 1×1 skip, at every pixel."""
+    torch.manual_seed(0)
     conv = Conv3XC(4, 5, deployed=False)
     for p in conv.parameters():
         torch.nn.init.normal_(p, std=0.3)
@@ -126,18 +127,18 @@ def test_span_forward_matches_reference(tmp_path, scale, norm, hw):
     save_file(sd, str(path))
     model = load_upscale_model(path)
     assert (model.architecture, model.scale, model.input_channels, model.output_channels) == ("SPAN", scale, 3, 3)
-    x = torch.rand(2, 3, *hw)
+    x = torch.rand(2, 3, *hw, generator=torch.Generator().manual_seed(scale))
     with torch.no_grad():
         got = model(x)
     assert got.shape == (2, 3, hw[0] * scale, hw[1] * scale)
     ref = reference_span(sd, x, scale, norm)
-    assert torch.allclose(got, ref, rtol=1e-4, atol=1e-4 * ref.abs().max().item())
+    assert torch.allclose(got, ref, rtol=1e-3, atol=1e-4 * ref.abs().max().item())  # ×255 input: float32 noise
 
 
 def test_span_stale_eval_conv_is_ignored_and_deployed_files_use_it():
     sd = span_weights(3, 5, 2, seed=3)
     model = built(sd)
-    x = torch.rand(1, 3, 6, 5)
+    x = torch.rand(1, 3, 6, 5, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         want = model(x)
         deployed = {k: v for k, v in sd.items() if ".sk." not in k and ".conv." not in k}
@@ -173,7 +174,7 @@ def test_span_pth_with_params_wrapper(tmp_path):
     sd = span_weights(3, 4, 2, seed=5)
     torch.save({"params": sd}, tmp_path / "span.pth")
     model = load_upscale_model(tmp_path / "span.pth")
-    x = torch.rand(1, 3, 4, 4)
+    x = torch.rand(1, 3, 4, 4, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         assert torch.allclose(model(x), reference_span(sd, x, 2), rtol=1e-4, atol=1e-3)
 
@@ -310,7 +311,7 @@ def _region(i: int, size: int, ws: int, s: int) -> int:
 
 def ref_attention(sd: dict, p: str, tokens: torch.Tensor, heads: int, ws: int, allowed: torch.Tensor) -> torch.Tensor:
     """One window [N,C]: softmax(q·kᵀ/√d + table bias, −100 where `allowed` is false)·v per head, then proj."""
-    n, c = tokens.shape
+    c = tokens.shape[1]
     d = c // heads
     qkv = _lin(tokens, sd, f"{p}.attn.qkv")  # [N, 3C] as (q | k | v), each split into heads
     table, idx = sd[f"{p}.attn.relative_position_bias_table"], _ref_rel_index(ws)
@@ -326,7 +327,7 @@ def ref_attention(sd: dict, p: str, tokens: torch.Tensor, heads: int, ws: int, a
 
 def ref_block(sd: dict, p: str, x: torch.Tensor, heads: int, ws: int, shift: int) -> torch.Tensor:
     """x [H,W,C] (one image): shifted-window attention window by window, then the MLP."""
-    h, w, c = x.shape
+    h, w, _ = x.shape
     y = torch.roll(_ln(x, sd, f"{p}.norm1"), (-shift, -shift), (0, 1))
     out = torch.zeros_like(y)
     for wy in range(0, h, ws):
@@ -390,13 +391,13 @@ def reference_swinir(sd: dict, x: torch.Tensor, *, depths, heads, ws, kind, scal
 
 
 SWIN_CASES = {
-    "ps_x2": dict(kind="pixelshuffle", scale=2),
-    "ps_x4_3conv": dict(kind="pixelshuffle", scale=4, resi="3conv"),
-    "ps_x3": dict(kind="pixelshuffle", scale=3, depths=(3,), heads=(4,)),
-    "direct_x2": dict(kind="pixelshuffledirect", scale=2, depths=(2,), heads=(1,)),
-    "nearest_x4": dict(kind="nearest+conv", scale=4),
-    "nearest_x2_gray": dict(kind="nearest+conv", scale=2, in_nc=1, depths=(2,), heads=(2,)),
-    "restore_w7": dict(kind="", scale=1, ws=7, depths=(2,), heads=(2,)),
+    "ps_x2": {"kind": "pixelshuffle", "scale": 2},
+    "ps_x4_3conv": {"kind": "pixelshuffle", "scale": 4, "resi": "3conv"},
+    "ps_x3": {"kind": "pixelshuffle", "scale": 3, "depths": (3,), "heads": (4,)},
+    "direct_x2": {"kind": "pixelshuffledirect", "scale": 2, "depths": (2,), "heads": (1,)},
+    "nearest_x4": {"kind": "nearest+conv", "scale": 4},
+    "nearest_x2_gray": {"kind": "nearest+conv", "scale": 2, "in_nc": 1, "depths": (2,), "heads": (2,)},
+    "restore_w7": {"kind": "", "scale": 1, "ws": 7, "depths": (2,), "heads": (2,)},
 }
 
 
@@ -424,7 +425,7 @@ def test_swinir_shifted_block_matches_hand_written_attention():
         block = SwinBlock(8, 2, 4, 16, shift)
         block.load_state_dict({k[len(p) + 1:]: v for k, v in sd.items() if k.startswith(p + ".")
                                and not k.endswith(("relative_position_index", "attn_mask"))})
-        x = torch.randn(8, 12, 8)
+        x = torch.randn(8, 12, 8, generator=torch.Generator().manual_seed(shift))
         with torch.no_grad():
             got = block(x[None])[0]
         assert torch.allclose(got, ref_block(sd, p, x, 2, 4, shift), atol=1e-5)
@@ -437,7 +438,7 @@ def test_swinir_forward_matches_reference(case, tmp_path):
     save_file(sd, str(tmp_path / "swin.safetensors"))
     model = load_upscale_model(tmp_path / "swin.safetensors")
     hw = (9, 10) if args["ws"] == 7 else (9, 7)  # odd sizes: padded to the window, cropped back
-    x = torch.rand(2, args["in_nc"], *hw)
+    x = torch.rand(2, args["in_nc"], *hw, generator=torch.Generator().manual_seed(7))
     with torch.no_grad():
         got = model(x)
     s = args["scale"]
@@ -451,7 +452,7 @@ def test_swinir_padding_changes_nothing_inside_a_window_multiple():
     """A 8×8 image needs no padding: the crop is a no-op and the output is exactly the ×2 size."""
     sd = swinir_weights(seed=9)
     model = built(sd)
-    x = torch.rand(1, 3, 8, 8)
+    x = torch.rand(1, 3, 8, 8, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         got = model(x)
     ref = reference_swinir(sd, x, depths=(2, 2), heads=(2, 2), ws=4, kind="pixelshuffle", scale=2)
