@@ -1,6 +1,6 @@
 """Shared node-test helpers: a NodeContext over fresh folders, and node_info entries with the prose masked.
 
-`node_context(tmp_path, **fields)` builds what an engine gives its nodes (config, storage, model folders with every
+`engine_config(tmp_path, **fields)` puts an engine's folders under tmp_path; `node_context(tmp_path, **fields)` builds what an engine gives its nodes (config, storage, model folders with every
 kind's subfolder created) under tmp_path/{models,in,out,tmp}; `fields` are extra NodeContext fields (models, device,
 dtype, ...). `without_prose(info)` replaces description/tooltip text by markers that keep *where* ComfyUI has prose
 (ours is written in our own words), so two object_info entries can be compared field by field.
@@ -16,9 +16,14 @@ from comfy_core.folders import ModelFolders
 from comfy_core.storage import Storage
 
 
+def engine_config(tmp_path: Path, **fields: Any) -> EngineConfig:
+    """An EngineConfig whose folders all live under tmp_path ({models,in,out,tmp}); `fields` override the rest."""
+    return EngineConfig(models_dir=str(tmp_path / "models"), input_dir=str(tmp_path / "in"),
+                        output_dir=str(tmp_path / "out"), temp_dir=str(tmp_path / "tmp"), **fields)
+
+
 def node_context(tmp_path: Path, **fields: Any) -> NodeContext:
-    cfg = EngineConfig(models_dir=str(tmp_path / "models"), input_dir=str(tmp_path / "in"),
-                       output_dir=str(tmp_path / "out"), temp_dir=str(tmp_path / "tmp"))
+    cfg = engine_config(tmp_path)
     folders = ModelFolders(cfg.models_dir)
     folders.create_dirs()
     return NodeContext(config=cfg, storage=Storage(cfg.input_dir, cfg.output_dir, cfg.temp_dir), folders=folders,

@@ -5,16 +5,16 @@ import re
 from pathlib import Path
 
 import pytest
+from fixtures_nodes import engine_config
 
-from comfy_core import Engine, EngineConfig
+from comfy_core import Engine
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "writing-nodes.md"
 
 
 @pytest.fixture
 def engine(tmp_path):
-    config = EngineConfig(models_dir=str(tmp_path / "models"), input_dir=str(tmp_path / "in"),
-                          output_dir=str(tmp_path / "out"), temp_dir=str(tmp_path / "tmp"))
+    config = engine_config(tmp_path)
     with Engine(config) as eng:
         namespace = {"engine": eng}
         for block in re.findall(r"```python\n(.*?)```", DOC.read_text(), re.S):

@@ -3,8 +3,9 @@ DYNPROMPT, and runtime dependency cycles. Nodes here are ComfyUI-style custom no
 from __future__ import annotations
 
 import pytest
+from fixtures_nodes import engine_config
 
-from comfy_core import Engine, EngineConfig, NodeExecutionError
+from comfy_core import Engine, NodeExecutionError
 from comfy_core.dynamic_graph import DynamicPrompt, ExecutionList
 from comfy_core.graph_utils import ExecutionBlocker, GraphBuilder
 
@@ -156,8 +157,7 @@ NODES = {"Const": Const, "Inc": Inc, "Out": Out, "LazySwitch": LazySwitch, "AddN
 def engine(tmp_path):
     CALLS.clear()
     LazySwitch.STATUS_CALLS.clear()
-    config = EngineConfig(models_dir=str(tmp_path / "models"), input_dir=str(tmp_path / "in"),
-                          output_dir=str(tmp_path / "out"), temp_dir=str(tmp_path / "tmp"))
+    config = engine_config(tmp_path)
     with Engine(config) as eng:
         eng.register_nodes(NODES)
         yield eng

@@ -3,6 +3,7 @@ import threading
 import time
 
 import pytest
+from fixtures_nodes import engine_config
 
 from comfy_core import Engine, EngineConfig, Interrupted, NodeExecutionError, PromptError
 from engine_test_nodes import NODES, Number, Volatile
@@ -10,8 +11,7 @@ from engine_test_nodes import NODES, Number, Volatile
 
 @pytest.fixture
 def engine(tmp_path):
-    config = EngineConfig(models_dir=str(tmp_path / "models"), input_dir=str(tmp_path / "in"),
-                          output_dir=str(tmp_path / "out"), temp_dir=str(tmp_path / "tmp"))
+    config = engine_config(tmp_path)
     with Engine(config) as eng:
         eng.register_nodes(NODES)
         yield eng
@@ -348,8 +348,7 @@ def test_cycle_through_an_undeclared_input_is_an_execution_error(engine, back_to
 def test_cache_modes_after_a_b_a(tmp_path, mode, reruns_of_a):
     """ComfyUI's cache modes: after prompts A, B, A, "classic" has forgotten A's nodes not shared with B, "none"
     keeps nothing, and the default LRU still has them."""
-    config = EngineConfig(models_dir=str(tmp_path / "models"), input_dir=str(tmp_path / "in"),
-                          output_dir=str(tmp_path / "out"), temp_dir=str(tmp_path / "tmp"), cache_mode=mode)
+    config = engine_config(tmp_path, cache_mode=mode)
     with Engine(config) as eng:
         eng.register_nodes(NODES)
         eng.run(chain(5))

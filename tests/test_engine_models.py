@@ -1,14 +1,14 @@
 """Bad model files inside a running engine: a clear typed error for the prompt, and the engine keeps serving."""
 import pytest
+from fixtures_nodes import engine_config
 
-from comfy_core import Engine, EngineConfig, NodeExecutionError
+from comfy_core import Engine, NodeExecutionError
 from comfy_core.demo import demo_prompt, ensure_demo_checkpoint
 
 
 @pytest.fixture
 def engine(tmp_path):
-    config = EngineConfig(models_dir=str(tmp_path / "models"), input_dir=str(tmp_path / "in"),
-                          output_dir=str(tmp_path / "out"), temp_dir=str(tmp_path / "tmp"))
+    config = engine_config(tmp_path)
     with Engine(config) as eng:
         yield eng
 

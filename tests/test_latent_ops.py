@@ -10,11 +10,11 @@ import msgspec
 import numpy as np
 import pytest
 import torch
-from fixtures_nodes import node_context
+from fixtures_nodes import engine_config, node_context
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from comfy_core import Engine, EngineConfig, NodeExecutionError, context
+from comfy_core import Engine, NodeExecutionError, context
 from comfy_core.errors import InputFileError
 from comfy_core.nodes import latent_ops as lo
 from comfy_core.nodes.latent_operations import LatentSharpen, ReinhardTonemap
@@ -486,8 +486,7 @@ def test_inpaint_model_consumes_the_conds():
 
 def test_latent_workflow_through_engine(tmp_path):
     """LoadLatent -> multiply -> flip -> concat with itself -> rebatch -> SaveLatent: files hold the exact values."""
-    config = EngineConfig(models_dir=str(tmp_path / "models"), input_dir=str(tmp_path / "in"),
-                          output_dir=str(tmp_path / "out"), temp_dir=str(tmp_path / "tmp"))
+    config = engine_config(tmp_path)
     (tmp_path / "in").mkdir()
     source = torch.arange(12.0).view(3, 1, 2, 2)
     save_file({"latent_tensor": source, "latent_format_version_0": torch.tensor([])}, str(tmp_path / "in/a.latent"))

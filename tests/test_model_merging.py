@@ -10,6 +10,7 @@ from pathlib import Path
 import fixtures_models as fm
 import fixtures_text
 import pytest
+from fixtures_nodes import engine_config
 import test_loader_nodes
 import torch
 from safetensors import safe_open
@@ -343,10 +344,9 @@ def test_clip_save_writes_one_hf_file_per_encoder(ctx):
 
 
 def test_merge_and_save_workflow_in_the_engine(tmp_path):
-    from comfy_core import Engine, EngineConfig
+    from comfy_core import Engine
 
-    config = EngineConfig(models_dir=str(tmp_path / "models"), input_dir=str(tmp_path / "in"),
-                          output_dir=str(tmp_path / "out"), temp_dir=str(tmp_path / "tmp"), device="cpu")
+    config = engine_config(tmp_path, device="cpu")
     fm.write_checkpoint(tmp_path / "models" / "checkpoints" / "a.safetensors", "sd1", seed=0)
     fm.write_checkpoint(tmp_path / "models" / "checkpoints" / "b.safetensors", "sd1", seed=4)
     prompt = {

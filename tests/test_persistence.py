@@ -6,16 +6,15 @@ import logging
 import time
 
 import pytest
+from fixtures_nodes import engine_config
 
-from comfy_core import Engine, EngineConfig
+from comfy_core import Engine
 from comfy_core.persistence import StateFile
 from engine_test_nodes import NODES
 
 
 def config(tmp_path, **fields):
-    return EngineConfig(models_dir=str(tmp_path / "models"), input_dir=str(tmp_path / "in"),
-                        output_dir=str(tmp_path / "out"), temp_dir=str(tmp_path / "tmp"),
-                        state_dir=str(tmp_path / "state"), **fields)
+    return engine_config(tmp_path, state_dir=str(tmp_path / "state"), **fields)
 
 
 def make_engine(tmp_path, **fields) -> Engine:
@@ -113,8 +112,7 @@ def test_extra_data_that_is_not_json_still_runs_but_is_not_journaled(tmp_path, c
 
 
 def test_without_state_dir_nothing_is_written(tmp_path):
-    cfg = EngineConfig(models_dir=str(tmp_path / "models"), input_dir=str(tmp_path / "in"),
-                       output_dir=str(tmp_path / "out"), temp_dir=str(tmp_path / "tmp"))
+    cfg = engine_config(tmp_path)
     with Engine(cfg) as engine:
         engine.register_nodes(NODES)
         engine.run(show(1))

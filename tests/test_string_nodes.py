@@ -2,9 +2,10 @@
 import logging
 
 import pytest
+from fixtures_nodes import engine_config
 import torch
 
-from comfy_core import Engine, EngineConfig, NodeExecutionError, PromptError
+from comfy_core import Engine, NodeExecutionError, PromptError
 from comfy_core.nodes import strings
 from comfy_core.nodes.strings import (
     CaseConverter,
@@ -145,8 +146,7 @@ def test_preview_any_falls_back_to_str():
 
 @pytest.fixture
 def engine(tmp_path):
-    config = EngineConfig(models_dir=str(tmp_path / "models"), input_dir=str(tmp_path / "in"),
-                          output_dir=str(tmp_path / "out"), temp_dir=str(tmp_path / "tmp"))
+    config = engine_config(tmp_path)
     with Engine(config) as eng:
         yield eng
 
