@@ -24,6 +24,7 @@ from starlette.routing import BaseRoute, Route, WebSocketRoute
 from . import routes_files, routes_info, routes_internal, routes_queue, routes_user
 from .errors import EXCEPTION_HANDLERS
 from .frontend import (
+    frontend_extension_dirs,
     frontend_routes,
     frontend_versions,
     installed_docs,
@@ -109,7 +110,7 @@ def create_app(
     app.state.engine = engine
     app.state.hub = hub
     app.state.server_features = features
-    app.state.frontend_dir = Path(frontend_dir) if frontend_dir is not None else None
+    app.state.frontend_extension_dirs = frontend_extension_dirs(frontend_dir)
     app.state.frontend_versions = frontend_versions()
     app.state.limits = {"max_upload_bytes": max_upload_bytes, "max_body_bytes": max_body_bytes}
     return app

@@ -73,6 +73,15 @@ class _FrontendFiles(StaticFiles):
         return response
 
 
+def frontend_extension_dirs(web_root: str | Path | None) -> dict[str, Path]:
+    """The build's own extension folders by name (e.g. `core`), listed by /extensions beside custom nodes' ones;
+    read once when the app is made (a build does not change while served)."""
+    folder = Path(web_root) / "extensions" if web_root is not None else None
+    if folder is None or not folder.is_dir():
+        return {}
+    return {entry.name: entry for entry in sorted(folder.iterdir()) if entry.is_dir()}
+
+
 def frontend_routes(web_root: str | Path, templates_dir: str | Path | None = None,
                     docs_dir: str | Path | None = None) -> list[BaseRoute]:
     """`/` → index.html and the build's other files (plus `/templates/*` from `templates_dir` and `/docs/*` from

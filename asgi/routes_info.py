@@ -52,14 +52,8 @@ async def embeddings(request: Request) -> Response:
 
 
 def _web_dirs(request: Request) -> dict[str, Path]:
-    """Custom node web dirs by module, then the frontend's own extension folders (e.g. `core`) when one is served."""
-    dirs = dict(_engine(request).extension_dirs())
-    frontend = getattr(request.app.state, "frontend_dir", None)
-    if frontend is not None and (Path(frontend) / "extensions").is_dir():
-        for folder in sorted((Path(frontend) / "extensions").iterdir()):
-            if folder.is_dir():
-                dirs.setdefault(folder.name, folder)
-    return dirs
+    """Custom node web dirs by module, then the served frontend's own extension folders (e.g. `core`)."""
+    return {**request.app.state.frontend_extension_dirs, **_engine(request).extension_dirs()}
 
 
 def _extension_urls(web_dirs: dict[str, Path]) -> list[str]:

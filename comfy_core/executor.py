@@ -121,8 +121,7 @@ class Executor:
                 cls = self.registry.get(class_type)
                 flags[class_type] = (False, False, frozenset()) if cls is None else (
                     getattr(cls, "OUTPUT_NODE", False) is True,
-                    inspect.iscoroutinefunction(getattr(cls, cls.FUNCTION, None)),
-                    frozenset(k for k, lazy in self._spec(cls)["lazy"].items() if lazy))
+                    self._is_coroutine(cls, cls.FUNCTION), self._spec(cls)["lazy"])
             return flags[class_type]
 
         return ExecutionList(run.graph, is_done=run.results.__contains__,
@@ -201,7 +200,7 @@ class Executor:
             options = {k: v[1] for k, v in declared.items()
                        if isinstance(v, (list, tuple)) and len(v) > 1 and isinstance(v[1], dict)}
             self._specs[cls] = {"declared": declared, "hidden": spec.get("hidden", {}),
-                                "lazy": {k: bool(o.get("lazy")) for k, o in options.items()},
+                                "lazy": frozenset(k for k, o in options.items() if o.get("lazy")),
                                 "raw_link": {k for k, o in options.items() if o.get("rawLink")}}
         return self._specs[cls]
 
